@@ -1,0 +1,68 @@
+"""Per-epoch cost of one trial: plain CE, graph-RKD with the teacher run live, graph-RKD reading the cache.
+
+    python bench/trial_cost.py [--data-dir ../shared/data/cifar10-small] [--student wrn28_0.5] [--teacher wrn28_1]
+
+Trains the same student in the three modes, interleaved round by round so machine noise hits all
+three alike, and prints the median epoch wall time of each and the ratios, measured in this run:
+
+    cached/plain = R1  live/cached = R2
+
+The teacher is the default architecture with random weights: the cost of a step does not depend
+on the teacher's weights, and training one first would only lengthen the benchmark. The one-off
+cost of computing the cache is printed separately (it is paid once per search, not per trial).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from trainer import LossConfig, ModelSpec, TeacherTargets, TrainConfig, build_model, fit, load_dataset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="imagefolder")
+    parser.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR", "../shared/data/cifar10-small"))
+    parser.add_argument("--student", default="wrn28_0.5")
+    parser.add_argument("--teacher", default="wrn28_1")
+    parser.add_argument("--rounds", type=int, default=4, help="epochs measured per mode (default 4)")
+    parser.add_argument("--precision", default="auto")
+    args = parser.parse_args()
+
+    data = load_dataset(args.dataset, args.data_dir)
+    torch.manual_seed(0)
+    teacher = build_model(args.teacher, data.input_shape[0], data.num_classes)
+    student = ModelSpec.parse(args.student)
+    graph = LossConfig(graph_weight=25.0)
+    print(f"{data.name}: {len(data.train_labels)} training images; student {args.student}, teacher {args.teacher}, "
+          f"precision {args.precision}, torch threads {torch.get_num_threads()}")
+
+    start = time.perf_counter()
+    targets = TeacherTargets.compute(teacher, data, epochs=1, precision=args.precision)
+    print(f"teacher cache for one epoch: {time.perf_counter() - start:.2f} s, {targets.nbytes / 1e6:.1f} MB (once per search)")
+
+    modes = {
+        "plain CE": (LossConfig(), None),
+        "graph-RKD, teacher live": (graph, teacher),
+        "graph-RKD, teacher cached": (graph, targets),
+    }
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    for _ in range(args.rounds + 1):  # the first round warms up and is not counted
+        for name, (loss, source) in modes.items():
+            config = TrainConfig(student=student, loss=loss, epochs=1, precision=args.precision)
+            result = fit(config, data, teacher=source)
+            times[name].append(result.history[0].seconds)
+    medians = {name: statistics.median(values[1:]) for name, values in times.items()}
+    for name, value in medians.items():
+        print(f"{name:28s} {value:6.2f} s/epoch (median of {args.rounds})")
+    plain, live, cached = medians.values()
+    print(f"cached/plain = {cached / plain:.2f}  live/cached = {live / cached:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Datasets in memory, the validation split, and deterministic batches."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from trainer import DataError, load_dataset
+from trainer.data import Augmentation, augment_batch, train_batches
+
+
+def test_synthetic_dataset_shapes_and_split(synthetic):
+    assert synthetic.train_images.dtype == torch.uint8
+    assert synthetic.num_classes == 4
+    total = len(synthetic.train_labels) + len(synthetic.val_labels)
+    assert len(synthetic.val_labels) == pytest.approx(0.1 * total, abs=4)
+    # stratified: every class is in the validation split
+    assert set(synthetic.val_labels.tolist()) == set(range(4))
+
+
+def test_split_is_seeded_and_disjoint():
+    a, b, c = (load_dataset("digits", seed=s) for s in (0, 0, 1))
+    assert torch.equal(a.val_images, b.val_images)
+    assert not torch.equal(a.val_images, c.val_images)
+    train = {bytes(x.numpy()) for x in a.train_images}
+    assert not any(bytes(x.numpy()) in train for x in a.val_images[:50])
+
+
+def test_digits_ship_offline_and_are_upscaled():
+    data = load_dataset("digits")
+    assert data.input_shape == (1, 32, 32)
+    assert len(data.train_labels) + len(data.val_labels) + len(data.test_labels) == 1797
+    assert data.augmentation.flip is False
+
+
+def test_batches_depend_only_on_seed_and_epoch(synthetic):
+    first = list(train_batches(synthetic, 32, seed=3, epoch=2))
+    again = list(train_batches(synthetic, 32, seed=3, epoch=2))
+    other = list(train_batches(synthetic, 32, seed=3, epoch=3))
+    assert all(torch.equal(x, y) and torch.equal(l, m) for (x, l), (y, m) in zip(first, again))
+    assert not torch.equal(first[0][0], other[0][0])
+    assert all(len(labels) == 32 for _, labels in first)  # full batches only
+
+
+def test_crop_shifts_content_and_flip_mirrors():
+    image = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).reshape(2, 1, 6, 6)
+    generator = torch.Generator().manual_seed(0)
+    out = augment_batch(image, Augmentation(crop_padding=0, flip=True), generator)
+    for original, augmented in zip(image, out):
+        assert torch.equal(augmented, original) or torch.equal(augmented, original.flip(2))
+    cropped = augment_batch(image, Augmentation(crop_padding=2, flip=False), torch.Generator().manual_seed(1))
+    assert cropped.shape == image.shape
+    # every non-zero pixel of a crop comes from its own image
+    for original, augmented in zip(image, cropped):
+        assert set(augmented[augmented > 0].tolist()) <= set(original.flatten().tolist())
+
+
+def test_imagefolder_is_decoded_once_then_cached(cifar_dir, tmp_path):
+    start = time.perf_counter()
+    first = load_dataset("imagefolder", cifar_dir, cache_dir=tmp_path)
+    decode = time.perf_counter() - start
+    start = time.perf_counter()
+    second = load_dataset("imagefolder", cifar_dir, cache_dir=tmp_path)
+    cached = time.perf_counter() - start
+    assert (len(first.train_labels), len(first.val_labels), len(first.test_labels)) == (4500, 500, 5000)
+    assert first.input_shape == (3, 32, 32) and first.num_classes == 10
+    assert torch.equal(first.train_images, second.train_images)
+    assert list((tmp_path / "datasets").glob("imagefolder-*.pt"))
+    assert cached < decode / 2
+
+
+def test_data_dir_comes_from_the_environment(cifar_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("RKD_DATA_DIR", str(cifar_dir))
+    assert load_dataset("imagefolder", cache_dir=tmp_path).num_classes == 10
+
+
+@pytest.mark.parametrize(
+    "name, data_dir, message",
+    [
+        ("mnist", None, "unknown dataset 'mnist'"),
+        ("imagefolder", None, "needs --data-dir"),
+        ("imagefolder", "/nonexistent/folder", "is not a folder"),
+        ("cifar10", None, "--data-dir"),
+    ],
+)
+def test_bad_datasets_raise_errors_that_say_what_to_do(name, data_dir, message, monkeypatch):
+    monkeypatch.delenv("RKD_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match=message):
+        load_dataset(name, data_dir)
+
+
+def test_cifar_without_files_or_network_names_the_offline_options(tmp_path):
+    with pytest.raises(DataError, match="could not be downloaded.*--dataset imagefolder"):
+        load_dataset("cifar10", tmp_path, download=False)

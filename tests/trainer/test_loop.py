@@ -1,0 +1,70 @@
+"""The training loop: it learns, reports, stops on request, and returns a complete result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer import LossConfig, ModelSpec, TrainConfig, build_model, fit
+
+STUDENT = ModelSpec("wrn", 10, 0.5)
+
+
+def test_fit_learns_the_synthetic_task(synthetic):
+    result = fit(TrainConfig(student=STUDENT, epochs=10, batch_size=32, lr=0.05, precision="fp32"), synthetic)
+    assert result.val_acc >= 0.9 and result.test_acc >= 0.9
+    assert result.epochs_done == 10 and not result.stopped_early
+    assert result.macs > 0 and result.flops > 0 and result.params > 0
+    assert result.teacher_agreement is None and "teacher_kl" not in result.metrics()
+    model = build_model(result.spec)
+    model.load_state_dict(result.state_dict)
+
+
+def test_report_is_called_every_epoch_and_can_stop_training(synthetic):
+    seen = []
+
+    def report(epoch_report):
+        seen.append(epoch_report)
+        return epoch_report.epoch == 2
+
+    result = fit(TrainConfig(student=STUDENT, epochs=5, batch_size=32, precision="fp32"), synthetic, report=report)
+    assert [r.epoch for r in seen] == [1, 2]
+    assert result.stopped_early and result.epochs_done == 2 and result.epochs_planned == 5
+    assert set(seen[0].loss_parts) == {"ce"}
+
+
+def test_distillation_reports_every_loss_part_and_fidelity(synthetic):
+    torch.manual_seed(0)
+    teacher = build_model(ModelSpec("wrn", 10, 1, num_classes=4))
+    loss = LossConfig(kd_weight=1.0, graph_weight=25.0, k=8, rkd_distance_weight=25.0, rkd_angle_weight=50.0)
+    result = fit(TrainConfig(student=STUDENT, loss=loss, epochs=1, batch_size=32, precision="fp32"), synthetic, teacher=teacher)
+    assert set(result.history[0].loss_parts) == {"ce", "kd", "graph", "rkd_distance", "rkd_angle"}
+    assert 0.0 <= result.teacher_agreement <= 1.0 and result.teacher_kl >= 0.0
+
+
+def test_distillation_without_a_teacher_is_refused(synthetic):
+    with pytest.raises(ValueError, match="teacher"):
+        fit(TrainConfig(student=STUDENT, loss=LossConfig(graph_weight=1.0), epochs=1), synthetic)
+
+
+def test_same_config_same_result(synthetic):
+    config = TrainConfig(student=STUDENT, epochs=2, batch_size=32, precision="fp32", seed=5)
+    first, second = fit(config, synthetic), fit(config, synthetic)
+    assert first.val_acc == second.val_acc
+    assert first.history[-1].train_loss == second.history[-1].train_loss
+
+
+def test_config_round_trips_through_a_dict():
+    config = TrainConfig(student=STUDENT, loss=LossConfig(graph_weight=3.0, layers=(2, 3), k=16), epochs=3)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(layers=(0, 4)), "stages"),
+    (dict(similarity="rbf"), "similarity"),
+    (dict(ce_weight=0.0), "at least one positive"),
+    (dict(layers=(1, 2), layer_weights=(1.0,)), "one weight per"),
+])
+def test_bad_loss_configs_name_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LossConfig(**kwargs)

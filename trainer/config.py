@@ -1,0 +1,159 @@
+"""Plain configs and results of one training run: what ``fit`` takes and what it gives back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from .models import ModelSpec
+
+STAGES = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The loss mix: CE + Hinton KD + graph-RKD + RKD-D + RKD-A, each with its own weight.
+
+    Stages are numbered 1..3 (stage 3 is read after global average pooling). ``k=None`` keeps the
+    dense graph; ``bandwidth`` scales the Gaussian kernel's sigma relative to the batch's median
+    pairwise distance. Weights follow the papers' scales: KD includes T^2, graph-RKD with "sum"
+    reduction used lambda = 25, RKD-D 25, RKD-A 50.
+    """
+
+    ce_weight: float = 1.0
+    kd_weight: float = 0.0
+    temperature: float = 4.0
+    graph_weight: float = 0.0
+    similarity: Literal["cosine", "gaussian"] = "cosine"
+    k: int | None = None
+    bandwidth: float = 1.0
+    power: int = 1
+    layers: tuple[int, ...] = STAGES
+    layer_weights: tuple[float, ...] | None = None
+    reduction: Literal["sum", "mean"] = "sum"
+    rkd_distance_weight: float = 0.0
+    rkd_angle_weight: float = 0.0
+    rkd_layers: tuple[int, ...] = (3,)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(s) for s in self.layers))
+        object.__setattr__(self, "rkd_layers", tuple(int(s) for s in self.rkd_layers))
+        if self.layer_weights is not None:
+            object.__setattr__(self, "layer_weights", tuple(float(w) for w in self.layer_weights))
+            if len(self.layer_weights) != len(self.layers):
+                raise ValueError("loss.layer_weights needs one weight per entry of loss.layers")
+        for name in ("layers", "rkd_layers"):
+            stages = getattr(self, name)
+            if not stages or any(s not in STAGES for s in stages):
+                raise ValueError(f"loss.{name} must list stages among {STAGES}, got {stages}")
+        if self.similarity not in ("cosine", "gaussian"):
+            raise ValueError(f"loss.similarity must be 'cosine' or 'gaussian', got {self.similarity!r}")
+        if self.reduction not in ("sum", "mean"):
+            raise ValueError(f"loss.reduction must be 'sum' or 'mean', got {self.reduction!r}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"loss.k must be at least 1 (or None for dense), got {self.k}")
+        if self.temperature <= 0 or self.bandwidth <= 0:
+            raise ValueError("loss.temperature and loss.bandwidth must be positive")
+        weights = (self.ce_weight, self.kd_weight, self.graph_weight, self.rkd_distance_weight, self.rkd_angle_weight)
+        if min(weights) < 0 or max(weights) == 0:
+            raise ValueError("loss weights must be >= 0 with at least one positive")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.kd_weight > 0 or self.relational_stages != ()
+
+    @property
+    def relational_stages(self) -> tuple[int, ...]:
+        """The stages whose Gram matrices the relational terms read."""
+        stages: set[int] = set()
+        if self.graph_weight > 0:
+            stages.update(self.layers)
+        if self.rkd_distance_weight > 0 or self.rkd_angle_weight > 0:
+            stages.update(self.rkd_layers)
+        return tuple(sorted(stages))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One student's training run. ``seed`` fixes the batches (order and augmentation) and the init."""
+
+    student: ModelSpec
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step"] = "cosine"
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["student"] = self.student.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        data["student"] = ModelSpec.from_dict(data["student"])
+        data["loss"] = LossConfig(**data.get("loss", {}))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class EpochReport:
+    """What ``fit`` reports after each epoch; the callback may answer True to stop training."""
+
+    epoch: int
+    epochs: int
+    val_acc: float
+    train_loss: float
+    loss_parts: dict[str, float]
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """A finished (or stopped) run: selection metric, test metrics, teacher fidelity and cost."""
+
+    spec: ModelSpec
+    val_acc: float
+    test_acc: float
+    teacher_agreement: float | None
+    teacher_kl: float | None
+    macs: int
+    flops: int
+    params: int
+    train_seconds: float
+    epochs_done: int
+    epochs_planned: int
+    stopped_early: bool
+    history: list[EpochReport] = field(default_factory=list)
+    state_dict: dict[str, Any] | None = field(default=None, repr=False)
+
+    def metrics(self) -> dict[str, float]:
+        """The final scalar metrics (teacher fidelity left out when there was no teacher)."""
+        values = {
+            "val_acc": self.val_acc,
+            "test_acc": self.test_acc,
+            "macs": float(self.macs),
+            "flops": float(self.flops),
+            "params": float(self.params),
+            "train_seconds": self.train_seconds,
+            "epochs_done": float(self.epochs_done),
+        }
+        if self.teacher_agreement is not None:
+            values["teacher_agreement"] = self.teacher_agreement
+            values["teacher_kl"] = float(self.teacher_kl)
+        return values

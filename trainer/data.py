@@ -1,0 +1,335 @@
+"""Datasets as in-memory uint8 tensors, and deterministic augmented batches drawn from them.
+
+The whole pipeline is a few tensors and a generator (as in airbench): images stay uint8 on the
+training device, a batch is cropped, flipped and normalised in one go, and the order and
+augmentation of every batch of an epoch are fixed by (seed, epoch). Every trial of a search sees
+the same batches, which is what lets the teacher's outputs be computed once and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+class DataError(ValueError):
+    """A dataset cannot be found or read; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random crop after zero padding, and horizontal flip (disabled for digits)."""
+
+    crop_padding: int = 4
+    flip: bool = True
+
+
+@dataclass
+class ImageDataset:
+    """Images as uint8 (N, C, H, W) tensors with int64 labels; validation carved from train."""
+
+    name: str
+    classes: list[str]
+    train_images: Tensor
+    train_labels: Tensor
+    val_images: Tensor
+    val_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augmentation: Augmentation = field(default_factory=Augmentation)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def resolution(self) -> int:
+        return int(self.train_images.shape[-1])
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the images, labels and split: keys the teacher and target caches."""
+        if not hasattr(self, "_fingerprint"):
+            digest = hashlib.sha256(self.name.encode())
+            for tensor in (self.train_images, self.train_labels, self.val_labels, self.test_labels):
+                digest.update(tensor.contiguous().cpu().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def to(self, device: torch.device | str) -> "ImageDataset":
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
+        }
+        result = replace(self, **moved)
+        if hasattr(self, "_fingerprint"):
+            result._fingerprint = self._fingerprint
+        return result
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> ImageDataset:
+    """Load ``name`` (one of ``DATASETS``) into memory and carve a seeded, stratified validation split.
+
+    ``data_dir`` defaults to ``$RKD_DATA_DIR``. ImageFolder trees are decoded once and cached as
+    tensors under ``cache_dir`` (default ``$RKD_CACHE_DIR`` or ``~/.cache/rkd-search``).
+    """
+    if data_dir is None and os.environ.get("RKD_DATA_DIR"):
+        data_dir = os.environ["RKD_DATA_DIR"]
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    augmentation = Augmentation()
+    if name in ("cifar10", "cifar100"):
+        train, test, classes = _load_cifar(name, data_dir, download)
+    elif name == "imagefolder":
+        if data_dir is None:
+            raise DataError("--dataset imagefolder needs --data-dir (or RKD_DATA_DIR) pointing at a folder with train/ and test/")
+        train, test, classes = _load_imagefolder(Path(data_dir), Path(cache_dir) if cache_dir else default_cache_dir())
+    elif name == "digits":
+        train, test, classes = _load_digits()
+        augmentation = Augmentation(crop_padding=4, flip=False)
+    elif name == "synthetic":
+        train, test, classes = make_synthetic(seed=seed)
+        augmentation = Augmentation(crop_padding=0, flip=False)
+    else:
+        raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    (train_x, train_y), (val_x, val_y) = _stratified_split(*train, val_fraction, seed)
+    mean, std = _channel_stats(train_x)
+    return ImageDataset(name, classes, train_x, train_y, val_x, val_y, *test, mean, std, augmentation)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RKD_CACHE_DIR") or Path.home() / ".cache" / "rkd-search")
+
+
+def _stratified_split(images: Tensor, labels: Tensor, fraction: float, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    val_index = []
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        val_index.append(members[: max(1, round(fraction * len(members)))])
+    val = torch.cat(val_index).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val] = False
+    return (images[keep], labels[keep]), (images[val], labels[val])
+
+
+def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float().div_(255)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _load_cifar(name: str, data_dir, download: bool):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    if data_dir is None:
+        raise DataError(
+            f"{name} needs a data folder: pass --data-dir DIR (or set RKD_DATA_DIR); it is downloaded "
+            "there when the network allows, or use --dataset imagefolder/digits offline"
+        )
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    try:
+        train = cls(str(data_dir), train=True, download=download)
+        test = cls(str(data_dir), train=False, download=download)
+    except Exception as error:  # no network, partial download, corrupt archive
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"{name} is not in {data_dir} and could not be downloaded ({reason}): put the "
+            f"extracted {cls.base_folder}/ there, or use --dataset imagefolder --data-dir DIR, or --dataset digits"
+        ) from None
+
+    def tensors(split):
+        images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()
+        return images, torch.tensor(split.targets, dtype=torch.int64)
+
+    return tensors(train), tensors(test), list(train.classes)
+
+
+def _folder_signature(root: Path) -> tuple[list[Path], str]:
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    digest = hashlib.sha256(str(root.resolve()).encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return files, digest.hexdigest()[:16]
+
+
+def _load_imagefolder(root: Path, cache_dir: Path):
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root / split} is not a folder: --data-dir must hold train/<class>/*.png and test/<class>/*.png")
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root / 'train'} has no class folders: expected train/<class>/<image>")
+    test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
+    if test_classes != classes:
+        raise DataError(f"{root}: test/ and train/ hold different class folders; make them the same")
+    files, signature = _folder_signature(root)
+    cache = cache_dir / "datasets" / f"imagefolder-{signature}.pt"
+    if cache.exists():
+        try:
+            stored = torch.load(cache, weights_only=True)
+            log.info("loaded %s from cache %s", root, cache)
+            return (stored["train_x"], stored["train_y"]), (stored["test_x"], stored["test_y"]), stored["classes"]
+        except Exception:
+            log.warning("ignoring unreadable dataset cache %s", cache)
+    index = {name: i for i, name in enumerate(classes)}
+    splits = {}
+    for split in ("train", "test"):
+        paths = [p for p in files if p.relative_to(root).parts[0] == split and p.parent.name in index]
+        if not paths:
+            raise DataError(f"{root / split} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        splits[split] = _decode_images(paths, index)
+    sizes = {tuple(x.shape[1:]) for x, _ in splits.values()}
+    if len(sizes) != 1:
+        raise DataError(f"{root}: train and test images differ in size {sorted(sizes)}; resize them to one size")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache.with_suffix(".tmp")
+    torch.save(
+        {"train_x": splits["train"][0], "train_y": splits["train"][1], "test_x": splits["test"][0],
+         "test_y": splits["test"][1], "classes": classes},
+        temporary,
+    )
+    temporary.replace(cache)
+    log.info("decoded %d images from %s, cached at %s", len(files), root, cache)
+    return splits["train"], splits["test"], classes
+
+
+def _decode_images(paths: list[Path], index: dict[str, int]) -> tuple[Tensor, Tensor]:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    images, labels = [], []
+    size = None
+    for path in paths:
+        try:
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        except Exception as error:
+            raise DataError(f"cannot decode {path} ({error}); remove or replace it") from None
+        if size is None:
+            size = image.shape[1:]
+        if image.shape[1:] != size:
+            image = F.interpolate(image[None].float(), size=tuple(size), mode="bilinear", antialias=True)[0]
+            image = image.round().clamp(0, 255).to(torch.uint8)
+        images.append(image)
+        labels.append(index[path.parent.name])
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def _load_digits(resolution: int = 32):
+    """scikit-learn's 8x8 handwritten digits (1,797 images, ships offline), upscaled to 32x32."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float()[:, None] / 16.0
+    images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    labels = torch.from_numpy(digits.target).long()
+    # a fixed, stratified 80/20 train/test split (the data has no official one)
+    (train_x, train_y), (test_x, test_y) = _stratified_split(images, labels, 0.2, seed=12345)
+    return (train_x, train_y), (test_x, test_y), [str(i) for i in range(10)]
+
+
+def make_synthetic(
+    num_classes: int = 4, train_per_class: int = 64, test_per_class: int = 32, resolution: int = 16, seed: int = 0
+):
+    """A generated, learnable dataset for unit tests: a fixed smooth pattern per class plus noise."""
+    generator = torch.Generator().manual_seed(seed + 7919)
+    patterns = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=generator), size=resolution, mode="bilinear")
+
+    def draw(per_class: int):
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        noise = 0.25 * torch.randn(len(labels), 3, resolution, resolution, generator=generator)
+        images = ((patterns[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+        return images, labels
+
+    return draw(train_per_class), draw(test_per_class), [f"class{i}" for i in range(num_classes)]
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """uint8 (N, C, H, W) -> float32, standardised per channel."""
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float().div_(255) - mean_t) / std_t
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator that fixes an epoch's order and augmentation: a function of (seed, epoch) only."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def num_train_batches(dataset: ImageDataset, batch_size: int) -> int:
+    return max(1, len(dataset.train_labels) // batch_size)
+
+
+def augment_batch(images: Tensor, augmentation: Augmentation, generator: torch.Generator) -> Tensor:
+    """Random crop (zero padding) and horizontal flip of a whole uint8 batch at once."""
+    n, c, h, w = images.shape
+    pad = augmentation.crop_padding
+    if pad > 0:
+        padded = F.pad(images, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
+        rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+        batch_index = torch.arange(n, device=images.device)[:, None, None, None]
+        channel_index = torch.arange(c, device=images.device)[None, :, None, None]
+        images = padded[batch_index, channel_index, rows, cols]
+    if augmentation.flip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+        images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    return images
+
+
+def train_batches(
+    dataset: ImageDataset, batch_size: int, seed: int, epoch: int, augment: bool = True
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The epoch's training batches as (normalised float images, labels), full batches only.
+
+    Order and augmentation depend on (seed, epoch) alone, so two calls give identical batches.
+    """
+    generator = epoch_generator(seed, epoch)
+    count = len(dataset.train_labels)
+    size = min(batch_size, count)
+    order = torch.randperm(count, generator=generator).to(dataset.train_labels.device)
+    for start in range(0, num_train_batches(dataset, size) * size, size):
+        index = order[start : start + size]
+        images = dataset.train_images[index]
+        if augment:
+            images = augment_batch(images, dataset.augmentation, generator)
+        yield normalize(images, dataset.mean, dataset.std), dataset.train_labels[index]
+
+
+def eval_batches(
+    dataset: ImageDataset, images: Tensor, labels: Tensor, batch_size: int = 500
+) -> Iterator[tuple[Tensor, Tensor]]:
+    for start in range(0, len(labels), batch_size):
+        yield normalize(images[start : start + batch_size], dataset.mean, dataset.std), labels[start : start + batch_size]

@@ -1,0 +1,98 @@
+"""The three-stage residual network shared by the WRN and CIFAR-ResNet families.
+
+Both families are the same graph: a 3x3 stem, three stages of post-activation basic blocks
+(conv-BN-ReLU-conv-BN + shortcut, ReLU) with stride 2 at the start of stages 2 and 3, global
+average pooling and a linear classifier. They differ only in how depth and width map to the
+number of blocks and channels, which each family's module decides.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class StagedResNet(nn.Module):
+    """Stem, three stages of basic blocks, pooled linear head.
+
+    ``forward`` returns logits; ``forward_with_features`` returns the logits and the stage
+    features the relational losses read: stages 1 and 2 as full (post-ReLU) feature maps,
+    stage 3 after global average pooling, as in the graph-KD authors' code.
+    """
+
+    def __init__(
+        self,
+        stem_channels: int,
+        stage_channels: tuple[int, int, int],
+        blocks_per_stage: int,
+        in_channels: int,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem_channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(stem_channels),
+            nn.ReLU(inplace=True),
+        )
+        stages = []
+        previous = stem_channels
+        for index, channels in enumerate(stage_channels):
+            blocks = []
+            for block in range(blocks_per_stage):
+                stride = 2 if (index > 0 and block == 0) else 1
+                blocks.append(BasicBlock(previous, channels, stride))
+                previous = channels
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(previous, num_classes)
+        self.feature_info = [
+            {"stage": i + 1, "channels": c, "reduction": 2**i} for i, c in enumerate(stage_channels)
+        ]
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        features = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        pooled = self.pool(x).flatten(1)
+        features[-1] = pooled
+        return self.fc(pooled), features
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.fc(self.pool(x).flatten(1))
