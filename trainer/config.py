@@ -139,6 +139,7 @@ class TrainResult:
     epochs_done: int
     epochs_planned: int
     stopped_early: bool
+    input_shape: tuple[int, int, int] = (3, 32, 32)
     history: list[EpochReport] = field(default_factory=list)
     state_dict: dict[str, Any] | None = field(default=None, repr=False)
 

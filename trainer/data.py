@@ -52,6 +52,8 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augmentation: Augmentation = field(default_factory=Augmentation)
+    default_batch_size: int = 128
+    """The paper's 128, or smaller for a tiny dataset (digits) so that short runs still take enough steps."""
 
     @property
     def num_classes(self) -> int:
@@ -104,7 +106,7 @@ def load_dataset(
         data_dir = os.environ["RKD_DATA_DIR"]
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    augmentation = Augmentation()
+    augmentation, batch_size = Augmentation(), 128
     if name in ("cifar10", "cifar100"):
         train, test, classes = _load_cifar(name, data_dir, download)
     elif name == "imagefolder":
@@ -113,15 +115,15 @@ def load_dataset(
         train, test, classes = _load_imagefolder(Path(data_dir), Path(cache_dir) if cache_dir else default_cache_dir())
     elif name == "digits":
         train, test, classes = _load_digits()
-        augmentation = Augmentation(crop_padding=4, flip=False)
+        augmentation, batch_size = Augmentation(crop_padding=4, flip=False), 32
     elif name == "synthetic":
         train, test, classes = make_synthetic(seed=seed)
-        augmentation = Augmentation(crop_padding=0, flip=False)
+        augmentation, batch_size = Augmentation(crop_padding=0, flip=False), 32
     else:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     (train_x, train_y), (val_x, val_y) = _stratified_split(*train, val_fraction, seed)
     mean, std = _channel_stats(train_x)
-    return ImageDataset(name, classes, train_x, train_y, val_x, val_y, *test, mean, std, augmentation)
+    return ImageDataset(name, classes, train_x, train_y, val_x, val_y, *test, mean, std, augmentation, batch_size)
 
 
 def default_cache_dir() -> Path:

@@ -201,6 +201,7 @@ def fit(
         epochs_done=len(history),
         epochs_planned=config.epochs,
         stopped_early=stopped_early,
+        input_shape=data.input_shape,
         history=history,
         state_dict={k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
     )

@@ -33,22 +33,28 @@ class OpsCount:
 def count_ops(model: nn.Module, input_shape: tuple[int, int, int]) -> OpsCount:
     """Count one image's MACs (thop), FLOPs (torch) and the parameter count of ``model``.
 
-    thop profiles a deep copy, so the caller's model keeps no counting buffers or hooks.
-    ``input_shape`` is (channels, height, width).
+    Counts run on a copy moved to the meta device: shapes only, no arithmetic, and the caller's
+    model keeps no counting buffers or hooks. ``input_shape`` is (channels, height, width).
     """
-    import thop  # imported here: it prints nothing, but costs ~0.3 s on first import
-
-    probe = copy.deepcopy(model).cpu().float().eval()
-    x = torch.zeros(1, *input_shape)
-    with torch.no_grad():
-        macs, _ = thop.profile(probe, inputs=(x,), verbose=False)
-        with FlopCounterMode(display=False) as counter:
-            probe(x)
-    params = sum(p.numel() for p in model.parameters())
-    return OpsCount(macs=int(macs), flops=int(counter.get_total_flops()), params=int(params))
+    return _count(copy.deepcopy(model).to("meta"), input_shape)
 
 
 @lru_cache(maxsize=4096)
 def count_spec_ops(spec: ModelSpec, resolution: int) -> OpsCount:
     """``count_ops`` for a spec at a square input resolution, memoised (specs are hashable)."""
-    return count_ops(build_model(spec), (spec.in_channels, resolution, resolution))
+    with torch.device("meta"):
+        model = build_model(spec)
+    return _count(model, (spec.in_channels, resolution, resolution))
+
+
+def _count(probe: nn.Module, input_shape: tuple[int, int, int]) -> OpsCount:
+    import thop  # imported here: ~0.3 s on first import
+
+    probe.eval()
+    x = torch.zeros(1, *input_shape, device="meta")
+    with torch.no_grad():
+        macs, _ = thop.profile(probe, inputs=(x,), verbose=False)
+        with FlopCounterMode(display=False) as counter:
+            probe(x)
+    params = sum(p.numel() for p in probe.parameters())
+    return OpsCount(macs=int(macs), flops=int(counter.get_total_flops()), params=int(params))

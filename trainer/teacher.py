@@ -124,7 +124,7 @@ def train_teacher(
             return model, spec, meta, path
         except TeacherError:
             log.warning("cached teacher %s is unreadable; training it again", path)
-    config = TrainConfig(student=spec, loss=LossConfig(), epochs=epochs, seed=seed)
+    config = TrainConfig(student=spec, loss=LossConfig(), epochs=epochs, seed=seed, batch_size=data.default_batch_size)
     result: TrainResult = fit(config, data, report=report, device=device)
     model = build_model(spec)
     model.load_state_dict(result.state_dict)

@@ -1,0 +1,80 @@
+"""Budget parsing, the Pareto front, and where MLflow settings come from."""
+
+from __future__ import annotations
+
+import pytest
+
+from search import UsageError, parse_budget, pareto_front
+from search.report import compute_front
+from search.tracking import TrialRecord, check_reachable, resolve_settings
+
+
+@pytest.mark.parametrize(
+    "text, macs",
+    [("20MFLOPs", 20e6), ("20M", 20e6), ("20mflops", 20e6), ("1.5GMACs", 1.5e9), ("500k", 5e5), ("500K", 5e5),
+     ("2e7", 2e7), (" 15 M MACs ", 15e6), ("1000", 1000)],
+)
+def test_budgets_parse_to_macs(text, macs):
+    assert parse_budget(text).macs == pytest.approx(macs)
+
+
+@pytest.mark.parametrize("text", ["", "twenty", "20X", "20MB", "M20", "-5M", "0"])
+def test_malformed_budgets_are_usage_errors(text):
+    with pytest.raises(UsageError, match="budget"):
+        parse_budget(text)
+
+
+def test_pareto_front_keeps_only_non_dominated_points():
+    items = ["a", "b", "c", "d", "e", "f"]
+    accuracy = [0.70, 0.80, 0.75, 0.90, 0.60, 0.80]
+    macs = [10, 20, 25, 40, 5, 20]
+    # c is dominated by b; b and f tie and both stay
+    assert pareto_front(items, accuracy, macs) == ["e", "a", "b", "f", "d"]
+
+
+def record(number, state, val_acc, macs, epochs=2, planned=2, feasible=True):
+    return TrialRecord(f"r{number}", f"t{number}", number, state, feasible, epochs, planned, {"val_acc": val_acc, "macs": macs})
+
+
+def test_front_ignores_stopped_early_infeasible_and_failed_trials():
+    records = [
+        record(0, "complete", 0.70, 10e6),
+        record(1, "pruned", 0.95, 5e6, epochs=1),       # lower fidelity: never on the front
+        record(2, "complete", 0.99, 1e6, epochs=1),     # stopped by a scheduler: not full fidelity
+        record(3, "infeasible", 0.0, 30e6, epochs=0, feasible=False),
+        record(4, "failed", 0.0, 1e6, epochs=0),
+        record(5, "complete", 0.80, 15e6),
+    ]
+    assert [r.number for r in compute_front(records)] == [0, 5]
+
+
+def test_tracking_settings_precedence(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    assert resolve_settings().tracking_uri == "sqlite:///mlflow.db"
+    (tmp_path / "mlflow.yaml").write_text("tracking_uri: sqlite:///from-yaml.db\nexperiment: yaml-exp\n")
+    assert resolve_settings() .tracking_uri == "sqlite:///from-yaml.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
+    assert resolve_settings().tracking_uri == "sqlite:///from-env.db"
+    settings = resolve_settings(tracking_uri="sqlite:///from-flag.db", experiment="flag-exp")
+    assert (settings.tracking_uri, settings.experiment) == ("sqlite:///from-flag.db", "flag-exp")
+
+
+def test_bad_mlflow_config_names_the_key(tmp_path):
+    path = tmp_path / "mlflow.yaml"
+    path.write_text("tracking_url: sqlite:///x.db\n")
+    with pytest.raises(UsageError, match="unknown key 'tracking_url'"):
+        resolve_settings(str(path))
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("http://127.0.0.1:9", "cannot reach the MLflow tracking server"),
+    ("./mlruns", "plain file store"),
+    ("sqlite:////proc/no/such/dir/mlflow.db", "cannot open the MLflow store"),
+])
+def test_unreachable_tracking_uris_fail_early(uri, message):
+    from search.tracking import TrackingSettings
+
+    with pytest.raises(UsageError, match=message):
+        check_reachable(TrackingSettings(uri, "x"))

@@ -1,0 +1,103 @@
+"""Search-space files: validation that names the bad key, and the define-by-run function."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from spaces import SpaceError, TrialContext, builtin_spaces, load_space
+from trainer import count_spec_ops
+
+CONTEXT = TrialContext(budget_macs=20e6, in_channels=3, num_classes=10, resolution=32, epochs=2)
+MINIMAL = """
+name: tiny
+student:
+  family: wrn
+  depth: {wrn: [10, 16]}
+  width: {low: 0.25, high: 1.0, step: 0.125}
+"""
+
+
+def write(tmp_path, text, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_builtin_spaces_load_by_name():
+    assert {"default", "wrn"} <= set(builtin_spaces())
+    for name in builtin_spaces():
+        assert load_space(name).name == name
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (MINIMAL + "graph:\n  kk: 3\n", "graph.kk: unknown key"),
+        (MINIMAL + "loss:\n  graph_weight: {low: 10, high: 1}\n", "loss.graph_weight.*low .* must be below high"),
+        (MINIMAL.replace("family: wrn", "family: vgg").replace("{wrn:", "{vgg:"), "unknown family 'vgg'"),
+        (MINIMAL.replace("[10, 16]", "[10, 17]"), r"depth 17 is invalid"),
+        (MINIMAL + "graph:\n  layers: [[1, 5]]\n", "graph: .*layers must be lists of stages"),
+        (MINIMAL + "graph:\n  similarity: [cosine, rbf]\n", "graph.similarity: unknown similarity 'rbf'"),
+        (MINIMAL.replace("name: tiny\n", ""), "name: required key missing"),
+        (MINIMAL + "optim: [1, 2\n", "not valid YAML"),
+        (MINIMAL + "enqueue:\n  - {family: wrn, depth: 28, width: 0.5}\n", r"enqueue\[0\]: wrn28 is outside"),
+    ],
+)
+def test_invalid_spaces_name_the_bad_key(tmp_path, edit, message):
+    with pytest.raises(SpaceError, match=message):
+        load_space(write(tmp_path, edit))
+
+
+def test_missing_space_file_and_unknown_name(tmp_path):
+    with pytest.raises(SpaceError, match="does not exist"):
+        load_space(tmp_path / "nope.yaml")
+    with pytest.raises(SpaceError, match="unknown space 'nope'.*default"):
+        load_space("nope")
+
+
+def test_suggest_builds_a_complete_config_with_dotted_params():
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    plan = load_space("default").suggest(study.ask(), CONTEXT)
+    assert plan.config.epochs == 2 and plan.config.student.num_classes == 10
+    for key in ("student.family", "student.depth", "student.width", "loss.graph_weight", "optim.lr", "train.epochs"):
+        assert key in plan.params
+    if plan.config.loss.graph_weight > 0:
+        assert {"graph.similarity", "graph.k", "graph.layers"} <= set(plan.params)
+    assert plan.ops == count_spec_ops(plan.config.student, 32)
+
+
+def test_budget_aware_widths_keep_candidates_within_budget():
+    space = load_space("default")
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    plans = []
+    for _ in range(40):
+        trial = study.ask()
+        plans.append(space.suggest(trial, CONTEXT))
+        study.tell(trial, [0.5, plans[-1].ops.macs])
+    assert all(p.feasible for p in plans)
+    assert max(p.ops.macs for p in plans) > 0.6 * CONTEXT.budget_macs  # the range is used, not just tiny students
+    widths = {p.config.student.width for p in plans}
+    assert len(widths) > 5
+
+
+def test_without_budget_awareness_many_candidates_are_over_budget(tmp_path):
+    text = load_space("default").text.replace("budget_aware: true", "budget_aware: false")
+    space = load_space(write(tmp_path, text))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    over = sum(not space.suggest(study.ask(), CONTEXT).feasible for _ in range(40))
+    assert over >= 8
+
+
+def test_enqueued_students_are_built_first():
+    space = load_space("default")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for params in space.enqueued_params(CONTEXT):
+        study.enqueue_trial(params)
+    plan = space.suggest(study.ask(), CONTEXT)
+    assert plan.config.student.name == "wrn28_0.5"
+
+
+def test_smallest_student_is_the_cheapest_the_space_allows():
+    spec, ops = load_space("default").smallest_student(CONTEXT)
+    assert spec.width == 0.25 and spec.depth == 8 and ops.macs < 2e6
