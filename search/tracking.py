@@ -96,13 +96,28 @@ def check_reachable(settings: TrackingSettings, create: bool = True) -> None:
             raise UsageError(f"tracking URI {uri} is not a SQLite file URI: write sqlite:///path/to/mlflow.db")
         if not create and not path.is_file():
             raise UsageError(f"no MLflow store at {path}: pass the --tracking-uri the search used")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sqlite3.connect(path).close()
-        except (OSError, sqlite3.Error) as error:
-            raise UsageError(f"cannot open the MLflow store {path} ({error}): pass a writable --tracking-uri sqlite:///DIR/mlflow.db") from None
+        _check_sqlite_writable(path)
     elif uri.startswith("file:") or "://" not in uri:
         raise UsageError(f"tracking URI {uri} is a plain file store, which MLflow 3 refuses: use sqlite:///path/to/mlflow.db")
+
+
+def _check_sqlite_writable(path: Path) -> None:
+    """The store can be opened, or created later, without creating anything now (validation leaves no trace)."""
+    fix = "pass a writable --tracking-uri sqlite:///DIR/mlflow.db"
+    if path.exists():
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+                connection.execute("select count(*) from sqlite_master").fetchone()
+        except sqlite3.Error as error:
+            raise UsageError(f"cannot open the MLflow store {path} ({error}): {fix}") from None
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"the MLflow store {path} is read-only: {fix}")
+        return
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create the MLflow store {path} ({folder} is not a writable folder): {fix}")
 
 
 @dataclass
@@ -144,6 +159,9 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.settings = settings
+        db = sqlite_path(settings.tracking_uri)
+        if db is not None:
+            db.absolute().parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=settings.tracking_uri)
         experiment = self.client.get_experiment_by_name(settings.experiment)
         if experiment is None:

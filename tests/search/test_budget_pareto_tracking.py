@@ -54,7 +54,7 @@ def test_tracking_settings_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     assert resolve_settings().tracking_uri == "sqlite:///mlflow.db"
     (tmp_path / "mlflow.yaml").write_text("tracking_uri: sqlite:///from-yaml.db\nexperiment: yaml-exp\n")
-    assert resolve_settings() .tracking_uri == "sqlite:///from-yaml.db"
+    assert resolve_settings().tracking_uri == "sqlite:///from-yaml.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
     assert resolve_settings().tracking_uri == "sqlite:///from-env.db"
     settings = resolve_settings(tracking_uri="sqlite:///from-flag.db", experiment="flag-exp")
@@ -71,10 +71,22 @@ def test_bad_mlflow_config_names_the_key(tmp_path):
 @pytest.mark.parametrize("uri, message", [
     ("http://127.0.0.1:9", "cannot reach the MLflow tracking server"),
     ("./mlruns", "plain file store"),
-    ("sqlite:////proc/no/such/dir/mlflow.db", "cannot open the MLflow store"),
+    ("sqlite:///{tmp}/a-file/sub/mlflow.db", "cannot create the MLflow store .* not a writable folder"),
+    ("sqlite:///{tmp}/garbage.db", "cannot open the MLflow store .*garbage.db"),
 ])
-def test_unreachable_tracking_uris_fail_early(uri, message):
+def test_unreachable_tracking_uris_fail_early_and_create_nothing(tmp_path, uri, message):
     from search.tracking import TrackingSettings
 
+    (tmp_path / "a-file").write_text("a file, not a folder")
+    (tmp_path / "garbage.db").write_bytes(b"not a database" * 100)
+    before = sorted(tmp_path.rglob("*"))
     with pytest.raises(UsageError, match=message):
-        check_reachable(TrackingSettings(uri, "x"))
+        check_reachable(TrackingSettings(uri.format(tmp=tmp_path), "x"))
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_checking_a_new_sqlite_store_creates_nothing(tmp_path):
+    from search.tracking import TrackingSettings
+
+    check_reachable(TrackingSettings(f"sqlite:///{tmp_path}/new/dir/mlflow.db", "x"))
+    assert list(tmp_path.iterdir()) == []

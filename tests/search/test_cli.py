@@ -1,0 +1,255 @@
+"""The rkd-search command end to end: real training, a real Optuna journal, a real MLflow SQLite store.
+
+The search runs as the installed console script, as a user runs it; the MLflow store is then read
+back with MlflowClient and checked against what the issue promises (runs, metrics, tags, front).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.cli import main
+
+BUDGET = 20e6
+RKD_SEARCH = str(Path(sys.executable).parent / "rkd-search")
+CHILD_METRICS = {"val_acc", "test_acc", "macs", "flops", "params", "teacher_agreement", "teacher_kl", "train_seconds"}
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([RKD_SEARCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "RKD_CACHE_DIR": str(cwd / "cache")})
+
+
+def search_args(out: Path, trials: int, *extra: str) -> list[str]:
+    return ["--budget", "20MFLOPs", "--trials", str(trials), "--epochs", "2", "--teacher-epochs", "2",
+            "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", "--no-progress", *extra]
+
+
+def mlflow_runs(out: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    experiment = client.get_experiment_by_name("rkd-search")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("rkd.role") == "search"]
+    teachers = [r for r in runs if r.data.tags.get("rkd.role") == "teacher"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return client, parents, teachers, children
+
+
+def check_search_store(out: Path, trials: int) -> list:
+    """One parent, one un-nested teacher run, ``trials`` children with the promised metrics and tags."""
+    client, parents, teachers, children = mlflow_runs(out)
+    assert len(parents) == 1 and len(teachers) == 1
+    parent, teacher = parents[0], teachers[0]
+    assert "mlflow.parentRunId" not in teacher.data.tags
+    assert parent.data.params["teacher.run_id"] == teacher.info.run_id
+    assert parent.data.params["budget.unit"].startswith("MACs as counted by thop")
+    assert parent.info.status == "FINISHED"
+    assert len(children) == trials
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert sorted(c.info.run_name for c in children) == sorted(f"t{int(c.data.tags['rkd.trial']):03d}-{c.data.params['student.name']}" for c in children)
+    for child in children:
+        tags, metrics, params = child.data.tags, child.data.metrics, child.data.params
+        assert tags["rkd.state"] in ("complete", "infeasible", "pruned", "failed")
+        assert tags["rkd.pareto"] in ("true", "false") and tags["rkd.feasible"] in ("true", "false")
+        assert {"student.depth", "student.width", "loss.graph_weight", "optim.lr"} <= set(params)
+        if tags["rkd.state"] == "complete":
+            assert CHILD_METRICS <= set(metrics), CHILD_METRICS - set(metrics)
+            assert metrics["macs"] <= BUDGET
+            assert tags["rkd.epochs"] == "2"
+            assert len(client.get_metric_history(child.info.run_id, "epoch.val_acc")) == 2
+            artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "student")}
+            assert artifacts == {"student/spec.json", "student/weights.pt"}
+    front = [c for c in children if c.data.tags["rkd.pareto"] == "true"]
+    assert front and all(c.data.tags["rkd.state"] == "complete" for c in front)
+    # the front is exactly the non-dominated set of the completed trials
+    done = [c for c in children if c.data.tags["rkd.state"] == "complete"]
+    for child in done:
+        acc, macs = child.data.metrics["val_acc"], child.data.metrics["macs"]
+        dominated = any(o.data.metrics["val_acc"] >= acc and o.data.metrics["macs"] <= macs
+                        and (o.data.metrics["val_acc"] > acc or o.data.metrics["macs"] < macs) for o in done)
+        assert (child.data.tags["rkd.pareto"] == "true") == (not dominated)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "space.yaml", "search.json"}
+    return front
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["digits", "imagefolder"])
+def test_search_logs_the_promised_mlflow_structure_and_resumes(tmp_path, dataset, cifar_dir):
+    out = tmp_path / "out"
+    data = ["--dataset", dataset] + (["--data-dir", str(cifar_dir)] if dataset == "imagefolder" else [])
+    started = time.perf_counter()
+    first = run_cli(*search_args(out, 6, *data), cwd=tmp_path)
+    seconds = time.perf_counter() - started
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert seconds < 180, f"the 6-trial {dataset} search took {seconds:.0f} s (issue: under 3 minutes)"
+    front = check_search_store(out, 6)
+    assert "MACs as counted by thop" in first.stdout
+
+    table = run_cli("pareto", "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    printed = {line.split()[-1] for line in table.stdout.splitlines()[2:] if line.strip()}
+    assert printed == {c.info.run_id for c in front}
+    with open(out / "pareto.csv") as handle:
+        assert {row["run_id"] for row in csv.DictReader(handle)} == printed
+
+    _, _, _, before = mlflow_runs(out)
+    trained_before = {c.info.run_id for c in before if c.data.tags["rkd.state"] == "complete"}
+    second = run_cli(*search_args(out, 8, *data), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    check_search_store(out, 8)
+    _, _, _, after = mlflow_runs(out)
+    new = [c for c in after if c.info.run_id not in {b.info.run_id for b in before}]
+    assert len(new) == 2 and {int(c.data.tags["rkd.trial"]) for c in new} == {6, 7}
+    assert trained_before <= {c.info.run_id for c in after}
+    print(f"{dataset}: 6-trial search {seconds:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def digits_search(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits-search")
+    result = run_cli(*search_args(root / "out", 3, "--dataset", "digits"), cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+@pytest.mark.slow
+def test_export_writes_a_torchscript_student_with_the_same_outputs(digits_search):
+    out = digits_search / "out"
+    _, _, _, children = mlflow_runs(out)
+    chosen = next(c for c in children if c.data.tags["rkd.pareto"] == "true")
+    result = run_cli("export", chosen.info.run_id, "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=digits_search)
+    assert result.returncode == 0, result.stderr
+    folder = out / "exports" / chosen.info.run_name
+    scripted = torch.jit.load(str(folder / "student.torchscript.pt"))
+
+    import json
+
+    from trainer import ModelSpec, build_model
+
+    summary = json.loads((folder / "student.json").read_text())
+    assert summary["macs"] == chosen.data.metrics["macs"] and summary["run_id"] == chosen.info.run_id
+    model = build_model(ModelSpec.from_dict(summary["spec"])).eval()
+    from mlflow import MlflowClient
+
+    local = MlflowClient(f"sqlite:///{out}/mlflow.db").download_artifacts(chosen.info.run_id, "student/weights.pt", str(digits_search))
+    model.load_state_dict(torch.load(local, weights_only=True))
+    x = torch.randn(4, *summary["input_shape"])
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+@pytest.mark.slow
+def test_export_of_a_parent_run_is_refused(digits_search):
+    out = digits_search / "out"
+    _, parents, _, _ = mlflow_runs(out)
+    result = run_cli("export", parents[0].info.run_id, "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=digits_search)
+    assert result.returncode == 2 and "parent run" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_trial_ends_the_parent_and_a_rerun_resumes(tmp_path):
+    out = tmp_path / "out"
+    args = ["--budget", "20MFLOPs", "--trials", "3", "--dataset", "digits", "--epochs", "6", "--teacher-epochs", "1",
+            "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", "--no-progress"]
+    process = subprocess.Popen([RKD_SEARCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "RKD_CACHE_DIR": str(tmp_path / "cache")})
+    deadline = time.monotonic() + 240
+    running = None
+    while running is None and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(1)
+        if (out / "mlflow.db").exists():
+            try:
+                _, _, _, children = mlflow_runs(out)
+            except Exception:  # the store is still being created
+                continue
+            running = next((c for c in children if c.data.tags.get("rkd.state") == "running"), None)
+    assert running is not None, "no trial started running"
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "rerun the same command to resume" in stdout
+    assert "Traceback" not in stderr
+    _, parents, _, children = mlflow_runs(out)
+    assert parents[0].info.status == "KILLED"
+    interrupted = [c for c in children if c.data.tags.get("rkd.failure") == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0].info.status == "KILLED"
+
+    rerun = run_cli(*args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _, parents, _, children = mlflow_runs(out)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sum(c.data.tags["rkd.state"] == "complete" for c in children) == 3
+
+
+# -- bad input: one line, exit code 2, nothing created ---------------------------------------------------
+
+def _corrupt_teacher(tmp: Path) -> str:
+    path = tmp / "corrupt.pt"
+    path.write_bytes(b"\x00not a checkpoint")
+    return str(path)
+
+
+def _teacher_for_100_classes(tmp: Path) -> str:
+    from trainer import ModelSpec, build_model, save_checkpoint
+
+    spec = ModelSpec("wrn", 10, 0.5, num_classes=100)
+    return str(save_checkpoint(build_model(spec), spec, tmp / "cifar100-teacher.pt"))
+
+
+def _bad_space(tmp: Path) -> str:
+    path = tmp / "space.yaml"
+    path.write_text("name: bad\nstudent:\n  family: wrn\n  depth: {wrn: [16]}\ngraph:\n  kk: 4\n")
+    return str(path)
+
+
+BAD_INPUT = [
+    (["--dataset", "mnist"], lambda t: [], "invalid choice: 'mnist'"),
+    (["--dataset", "imagefolder", "--data-dir", "{tmp}/missing"], lambda t: [], "missing/train is not a folder"),
+    (["--dataset", "cifar10", "--data-dir", "{tmp}/empty"], lambda t: (t / "empty").mkdir(), "could not be downloaded"),
+    (["--budget", "20 parsecs"], lambda t: [], "malformed budget"),
+    (["--budget", "100k"], lambda t: [], "below the smallest student .* resnet8_0.25 needs"),
+    (["--space", "{space}"], lambda t: [], r"graph.kk: unknown key"),
+    (["--teacher", "{tmp}/no-such-teacher.pt"], lambda t: [], "does not exist"),
+    (["--teacher", "{corrupt}"], lambda t: [], "not a readable PyTorch file"),
+    (["--teacher", "{t100}"], lambda t: [], "predicts 100 classes but digits has 10"),
+    (["--tracking-uri", "http://127.0.0.1:9"], lambda t: [], "cannot reach the MLflow tracking server"),
+    (["--trials", "0"], lambda t: [], "at least 1"),
+    (["--sampler", "cmaes"], lambda t: [], "invalid choice: 'cmaes'"),
+]
+
+
+@pytest.mark.parametrize("flags, prepare, message", BAD_INPUT, ids=[" ".join(f[:2]) for f, _, _ in BAD_INPUT])
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, monkeypatch, capsys, flags, prepare, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RKD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RKD_DATA_DIR", raising=False)
+    prepare(tmp_path)
+    names = {"tmp": tmp_path, "space": _bad_space(tmp_path), "corrupt": _corrupt_teacher(tmp_path),
+             "t100": _teacher_for_100_classes(tmp_path)}
+    flags = [f.format(**names) for f in flags]
+    defaults = {"--budget": "20MFLOPs", "--dataset": "digits", "--trials": "2", "--epochs": "1"}
+    argv = flags + [item for key, value in defaults.items() if key not in flags for item in (key, value)]
+    argv += ["--output", str(tmp_path / "out"), "--no-progress"]
+    before = {p for p in tmp_path.rglob("*") if "cache" not in p.parts}
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rkd-search: error: "), captured.err
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    after = {p for p in tmp_path.rglob("*") if "cache" not in p.parts}
+    assert after == before, f"created {sorted(map(str, after - before))}"
