@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from trainer.teacher import weights_digest
 
 from .budget import UNIT_NOTE, Budget, format_ops
 from .errors import UsageError
-from .objective import CONSTRAINT, DIRECTIONS, Objective
+from .objective import DIRECTIONS
 from .report import compute_front, front_table, plot_front, write_csv
 from .tracking import Tracker, TrackingSettings, TrialRecord, check_reachable, resolve_settings
 

@@ -1,0 +1,72 @@
+"""Shared by the end-to-end tests: run the installed rkd-search, read back its MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+BUDGET = 20e6
+RKD_SEARCH = str(Path(sys.executable).parent / "rkd-search")
+CHILD_METRICS = {"val_acc", "test_acc", "macs", "flops", "params", "teacher_agreement", "teacher_kl", "train_seconds"}
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([RKD_SEARCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "RKD_CACHE_DIR": str(cwd / "cache")})
+
+
+def search_args(out: Path, trials: int, *extra: str) -> list[str]:
+    return ["--budget", "20MFLOPs", "--trials", str(trials), "--epochs", "2", "--teacher-epochs", "2",
+            "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", "--no-progress", *extra]
+
+
+def mlflow_runs(out: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    experiment = client.get_experiment_by_name("rkd-search")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("rkd.role") == "search"]
+    teachers = [r for r in runs if r.data.tags.get("rkd.role") == "teacher"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return client, parents, teachers, children
+
+
+def check_search_store(out: Path, trials: int) -> list:
+    """One parent, one un-nested teacher run, ``trials`` children with the promised metrics and tags."""
+    client, parents, teachers, children = mlflow_runs(out)
+    assert len(parents) == 1 and len(teachers) == 1
+    parent, teacher = parents[0], teachers[0]
+    assert "mlflow.parentRunId" not in teacher.data.tags
+    assert parent.data.params["teacher.run_id"] == teacher.info.run_id
+    assert parent.data.params["budget.unit"].startswith("MACs as counted by thop")
+    assert parent.info.status == "FINISHED"
+    assert len(children) == trials
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert sorted(c.info.run_name for c in children) == sorted(f"t{int(c.data.tags['rkd.trial']):03d}-{c.data.params['student.name']}" for c in children)
+    for child in children:
+        tags, metrics, params = child.data.tags, child.data.metrics, child.data.params
+        assert tags["rkd.state"] in ("complete", "infeasible", "pruned", "failed")
+        assert tags["rkd.pareto"] in ("true", "false") and tags["rkd.feasible"] in ("true", "false")
+        assert {"student.depth", "student.width", "loss.graph_weight", "optim.lr"} <= set(params)
+        if tags["rkd.state"] == "complete":
+            assert CHILD_METRICS <= set(metrics), CHILD_METRICS - set(metrics)
+            assert metrics["macs"] <= BUDGET
+            assert tags["rkd.epochs"] == "2"
+            assert len(client.get_metric_history(child.info.run_id, "epoch.val_acc")) == 2
+            artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "student")}
+            assert artifacts == {"student/spec.json", "student/weights.pt"}
+    front = [c for c in children if c.data.tags["rkd.pareto"] == "true"]
+    assert front and all(c.data.tags["rkd.state"] == "complete" for c in front)
+    # the front is exactly the non-dominated set of the completed trials
+    done = [c for c in children if c.data.tags["rkd.state"] == "complete"]
+    for child in done:
+        acc, macs = child.data.metrics["val_acc"], child.data.metrics["macs"]
+        dominated = any(o.data.metrics["val_acc"] >= acc and o.data.metrics["macs"] <= macs
+                        and (o.data.metrics["val_acc"] > acc or o.data.metrics["macs"] < macs) for o in done)
+        assert (child.data.tags["rkd.pareto"] == "true") == (not dominated)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "space.yaml", "search.json"}
+    return front
