@@ -64,7 +64,7 @@ def _search_parser() -> argparse.ArgumentParser:
     backend = parser.add_argument_group("back-end")
     backend.add_argument("--backend", default="optuna", choices=BACKENDS, help="optuna: in this process (default); ray: Ray Tune, local or on a cluster")
     backend.add_argument("--address", default=None, help="Ray cluster address HOST:PORT (or env RAY_ADDRESS); without it a local Ray starts")
-    backend.add_argument("--trial-resources", default="cpu=1", help="per-trial Ray resources, e.g. cpu=2,gpu=0.5 (default cpu=1)")
+    backend.add_argument("--trial-resources", default="", help="per-trial Ray resources, e.g. cpu=2,gpu=0.5 (default: all CPUs of the smallest node, one trial per node)")
     backend.add_argument("--max-concurrent", type=int, default=None, help="trials running at once on Ray (default: as resources allow)")
     backend.add_argument("--storage-path", default=None, help="Ray experiment storage; must be shared (NFS path or URI) on a multi-node cluster")
     backend.add_argument("--multi-fidelity", action="store_true", help="Ray: stop weak trials early with ASHA on validation accuracy")

@@ -135,6 +135,11 @@ class Search:
             raise UsageError(f"unknown sampler {o.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if o.backend not in BACKENDS:
             raise UsageError(f"unknown backend {o.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if o.backend != "ray" and (o.multi_fidelity or o.address or o.max_concurrent or o.trial_resources or o.storage_path):
+            raise UsageError("--multi-fidelity, --address, --max-concurrent, --trial-resources and --storage-path "
+                             "are for the Ray back-end: add --backend ray")
+        if o.max_concurrent is not None and o.max_concurrent < 1:
+            raise UsageError("--max-concurrent must be at least 1")
         try:
             self.space: SearchSpace = load_space(o.space)
         except SpaceError as error:
@@ -164,6 +169,10 @@ class Search:
             "seed": o.seed, "teacher": self.teacher.reference, "precision": o.precision, "backend": o.backend,
         }
         self._check_existing_study()
+        if o.backend == "ray":
+            from .ray_backend import connect
+
+            connect(self)  # last: an unreachable cluster or unshared storage fails before anything is created
 
     def _resolve_teacher(self) -> TeacherInfo:
         o = self.options
@@ -182,7 +191,8 @@ class Search:
             raise UsageError(f"--teacher: {error}; or pass a checkpoint file") from None
         return TeacherInfo(None, spec, f"{spec.name}-e{o.teacher_epochs}-s{o.seed}", None, {})
 
-    def _storage(self):
+    def study_storage(self):
+        """The Optuna storage of this search: a journal file under the output folder."""
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
@@ -194,7 +204,7 @@ class Search:
         import optuna
 
         try:
-            study = optuna.load_study(study_name=STUDY_NAME, storage=self._storage())
+            study = optuna.load_study(study_name=STUDY_NAME, storage=self.study_storage())
         except Exception as error:
             raise UsageError(f"{self.output / STUDY_FILE} is not a readable rkd-search study ({type(error).__name__}): pass a new --output") from None
         stored = study.user_attrs.get("rkd.settings", {})
@@ -277,7 +287,7 @@ class Search:
     def _prepare_study(self) -> None:
         import optuna
 
-        storage = self._storage()
+        storage = self.study_storage()
         existing = 0
         try:
             existing = len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials)
@@ -353,12 +363,20 @@ class Search:
         return self.tracker.start_trial(self.parent_id, number, key, plan.config.student.name, plan.params, plan.ops, plan.feasible, tags)
 
     def record_trial(self, run_id: str, number: int, plan: TrialPlan, state: str, result: TrainResult | None,
-                     error: str | None = None, tags: dict[str, Any] | None = None, status: str | None = None) -> None:
-        """Finish the trial's MLflow run and keep its record for the progress bar and the front."""
-        self.tracker.finish_trial(run_id, state, result, plan.config.to_dict() if result else None, error, tags, status)
-        metrics = result.metrics() if result else {"macs": float(plan.ops.macs), "flops": float(plan.ops.flops), "params": float(plan.ops.params)}
+                     error: str | None = None, tags: dict[str, Any] | None = None, status: str | None = None,
+                     partial: dict[str, float] | None = None, epochs_done: int = 0) -> None:
+        """Finish the trial's MLflow run and keep its record for the progress bar and the front.
+
+        ``partial`` holds what a trial stopped early got to (its last validation accuracy) and
+        ``epochs_done`` how far it got; neither counts for the front, which wants full fidelity.
+        """
+        epochs = result.epochs_done if result else epochs_done
+        self.tracker.finish_trial(run_id, state, result, plan.config.to_dict() if result else None, error, tags, status,
+                                  metrics=partial, epochs=epochs)
+        metrics = result.metrics() if result else {"macs": float(plan.ops.macs), "flops": float(plan.ops.flops),
+                                                   "params": float(plan.ops.params), **(partial or {})}
         record = TrialRecord(run_id, f"t{number:03d}-{plan.config.student.name}", number, state, plan.feasible,
-                             result.epochs_done if result else 0, plan.config.epochs, metrics,
+                             epochs, plan.config.epochs, metrics,
                              {k: str(v) for k, v in plan.params.items()}, node=(tags or {}).get("rkd.node"))
         self.records = [r for r in self.records if r.run_id != run_id] + [record]
         if self.progress.bar is not None and state != "failed":

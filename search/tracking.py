@@ -256,12 +256,18 @@ class Tracker:
         self._log(run_id, metrics=metrics, step=report.epoch)
 
     def finish_trial(self, run_id: str, state: str, result: TrainResult | None = None, config: dict[str, Any] | None = None,
-                     error: str | None = None, tags: dict[str, Any] | None = None, status: str | None = None) -> None:
+                     error: str | None = None, tags: dict[str, Any] | None = None, status: str | None = None,
+                     metrics: dict[str, float] | None = None, epochs: int = 0) -> None:
+        """End a trial's run: final metrics, the student as artifacts, its tags and status.
+
+        Without a ``result`` (over budget, stopped early, failed), ``metrics`` and ``epochs`` say
+        how far it got.
+        """
         assert state in STATES, state
         run_tags = {"rkd.state": state, **(tags or {})}
-        metrics: dict[str, float] = {}
+        metrics = dict(metrics or {})
         if result is not None:
-            metrics = result.metrics()
+            metrics.update(result.metrics())
             run_tags["rkd.epochs"] = result.epochs_done
             files: dict[str, bytes | str] = {"spec.json": json.dumps(
                 {"format": "rkd-search/student-v1", "spec": result.spec.to_dict(), "config": config,
@@ -276,7 +282,7 @@ class Tracker:
             files["weights.pt"] = buffer.getvalue()
             self._log_files(run_id, files, "student")
         else:
-            run_tags.setdefault("rkd.epochs", 0)
+            run_tags.setdefault("rkd.epochs", epochs)
         if error:
             run_tags["rkd.error"] = error[:5000]
         self._log(run_id, metrics=metrics, tags=run_tags)

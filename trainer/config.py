@@ -143,6 +143,22 @@ class TrainResult:
     history: list[EpochReport] = field(default_factory=list)
     state_dict: dict[str, Any] | None = field(default=None, repr=False)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the weights, as JSON-ready primitives (the weights travel as a tensor file)."""
+        data = asdict(self)
+        data.pop("state_dict")
+        data["spec"] = self.spec.to_dict()
+        data["input_shape"] = list(self.input_shape)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], state_dict: dict[str, Any] | None = None) -> "TrainResult":
+        data = dict(data)
+        data["spec"] = ModelSpec.from_dict(data["spec"])
+        data["input_shape"] = tuple(data["input_shape"])
+        data["history"] = [EpochReport(**epoch) for epoch in data.get("history", [])]
+        return cls(**data, state_dict=state_dict)
+
     def metrics(self) -> dict[str, float]:
         """The final scalar metrics (teacher fidelity left out when there was no teacher)."""
         values = {

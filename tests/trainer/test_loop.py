@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer import LossConfig, ModelSpec, TrainConfig, build_model, fit
+from trainer import LossConfig, ModelSpec, TrainConfig, TrainResult, build_model, fit
 
 STUDENT = ModelSpec("wrn", 10, 0.5)
 
@@ -68,3 +68,11 @@ def test_config_round_trips_through_a_dict():
 def test_bad_loss_configs_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LossConfig(**kwargs)
+
+
+def test_result_round_trips_through_json(synthetic):
+    import json
+
+    result = fit(TrainConfig(student=STUDENT, epochs=2, batch_size=32, precision="fp32"), synthetic)
+    again = TrainResult.from_dict(json.loads(json.dumps(result.to_dict())), result.state_dict)
+    assert again == result

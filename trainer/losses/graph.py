@@ -15,6 +15,12 @@ normalising), and powers A^p are compared. The loss is
 summed over the B^2 entries ("sum", as in the authors' runs with lambda = 25) or averaged
 ("mean", their first version: B^2 times smaller). Both graphs are scale-free: multiplying a
 layer's features by a constant changes neither.
+
+The Gaussian graph is much steeper than the cosine one where the batch's points sit close
+together, as the pooled last stage of a freshly initialised student does: dW/dd grows as
+1/sigma^2 with sigma the median distance. Measured on WRN-28-1 -> WRN-28-0.5 (CIFAR-10 subset) at
+initialisation, its gradient norm per unit weight on stage 3 is 6.7 against 0.03 for the cosine
+graph (CE: 1.8); at the authors' lambda = 25 training collapses to chance, at lambda = 1 it trains.
 """
 
 from __future__ import annotations
