@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from _docs import write_section
 from trainer import LossConfig, ModelSpec, TeacherTargets, TrainConfig, fit, load_dataset, train_teacher
 from trainer.data import default_cache_dir
 
@@ -41,7 +42,6 @@ METHODS = {
     # gives it about the cosine graph's initial gradient scale at lambda = 25 (chosen before any run).
     "graph-RKD (Gaussian, λ=1)": LossConfig(graph_weight=1.0, similarity="gaussian", bandwidth=1.0),
 }
-BEGIN, END = "<!-- compare_methods:begin -->", "<!-- compare_methods:end -->"
 
 
 def mean_std(values: list[float]) -> str:
@@ -102,7 +102,6 @@ def main() -> None:
         rows.append((method, runs))
     macs = rows[0][1][0]["macs"]
     lines = [
-        BEGIN,
         f"Command: `{command.strip()}`  ",
         f"Run {date.today()} on {platform.machine()} with {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"dataset `{data.name}` ({len(data.train_labels)} train / {len(data.val_labels)} val / {len(data.test_labels)} test images).  ",
@@ -122,18 +121,9 @@ def main() -> None:
             f"{statistics.mean(r['teacher_kl'] for r in runs):.3f} |"
         )
     ranked = sorted(((statistics.mean(r["test_acc"] for r in runs), m) for m, runs in rows if runs), reverse=True)
-    lines += ["", "Ordering by mean test accuracy: " + " > ".join(m for _, m in ranked) + ".", END]
-    table = "\n".join(lines)
-    print(table)
-
-    doc = Path(args.doc)
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + table + text[text.index(END) + len(END):]
-    else:
-        text += "\n## Graph-RKD against its baselines\n\n" + table + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
+    lines += ["", "Ordering by mean test accuracy: " + " > ".join(m for _, m in ranked) + "."]
+    print("\n".join(lines))
+    write_section(Path(args.doc), "compare_methods", "Graph-RKD against its baselines", lines)
 
 
 if __name__ == "__main__":

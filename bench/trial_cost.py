@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
+import sys
 import time
+from datetime import date
+from pathlib import Path
 
 import torch
 
+from _docs import write_section
 from trainer import LossConfig, ModelSpec, TeacherTargets, TrainConfig, build_model, fit, load_dataset
 
 
@@ -32,7 +37,9 @@ def main() -> None:
     parser.add_argument("--teacher", default="wrn28_1")
     parser.add_argument("--rounds", type=int, default=4, help="epochs measured per mode (default 4)")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--doc", default="docs/benchmarks.md")
     args = parser.parse_args()
+    command = "python bench/trial_cost.py " + " ".join(sys.argv[1:])
 
     data = load_dataset(args.dataset, args.data_dir)
     torch.manual_seed(0)
@@ -62,6 +69,22 @@ def main() -> None:
         print(f"{name:28s} {value:6.2f} s/epoch (median of {args.rounds})")
     plain, live, cached = medians.values()
     print(f"cached/plain = {cached / plain:.2f}  live/cached = {live / cached:.2f}")
+
+    rows = [f"| {name} | {value / plain:.2f} |" for name, value in medians.items()]
+    write_section(Path(args.doc), "trial_cost", "Cost of one trial: the teacher cache", [
+        f"Command: `{command.strip()}`  ",
+        f"Run {date.today()} on {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads: student "
+        f"{args.student}, teacher {args.teacher}, {data.name} ({len(data.train_labels)} training images), precision "
+        f"{args.precision}; median epoch time of {args.rounds} interleaved rounds, as a ratio to plain CE.",
+        "",
+        "| mode | epoch time / plain CE |",
+        "|---|---|",
+        *rows,
+        "",
+        f"`cached/plain = {cached / plain:.2f}  live/cached = {live / cached:.2f}` (goal: cached/plain <= 1.15). "
+        f"Computing the cache costs about one teacher forward pass per batch, once per search.",
+    ])
+
 
 
 if __name__ == "__main__":

@@ -407,7 +407,7 @@ class Search:
         }
         if front:
             summary["best_val_acc"] = max(r.metrics["val_acc"] for r in front)
-        self.tracker._log(self.parent_id, metrics=summary)
+        self.tracker.log_metrics(self.parent_id, summary)
         self.tracker.end_search(self.parent_id, status)
         write = self.progress.write
         write(f"\nBudget {self.options.budget} = {UNIT_NOTE}.")

@@ -292,6 +292,7 @@ def _run_tune(search: Search) -> None:
     from ray.tune.search import ConcurrencyLimiter
 
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C raises at once; the running trials are marked
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's new console output prints even at verbose=0; ours is the bar
     options = search.options
     remaining = options.trials - search.finished_trials()
     if remaining <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,9 @@ def check_search_store(out: Path, trials: int) -> list:
         assert (child.data.tags["rkd.pareto"] == "true") == (not dominated)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "space.yaml", "search.json"}
     return front
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
