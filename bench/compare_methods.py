@@ -50,6 +50,15 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def ordering(methods: list[tuple[str, list[float]]]) -> str:
+    """Methods from best to worst mean, joined by '>' or, where the gap is within noise, '≈'."""
+    stats = sorted(((statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, m) for m, v in methods), reverse=True)
+    text = stats[0][2]
+    for (mean_a, std_a, _), (mean_b, std_b, name) in zip(stats, stats[1:]):
+        text += (" ≈ " if mean_a - mean_b < max(std_a, std_b) else " > ") + name
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="imagefolder")
@@ -59,6 +68,8 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
+                        help="bf16 autocast (default: the table in docs/benchmarks.md was run so) or fp32")
     parser.add_argument("--cache-dir", default=None, help="teacher and targets cache (default $RKD_CACHE_DIR or ~/.cache/rkd-search)")
     parser.add_argument("--results", default="bench/results/compare_methods.json")
     parser.add_argument("--doc", default="docs/benchmarks.md")
@@ -77,12 +88,12 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     student = ModelSpec.parse(args.student)
     for seed in range(args.seeds):
-        targets = TeacherTargets.compute(teacher, data, epochs=args.epochs, seed=seed, cache_dir=cache_dir)
+        targets = TeacherTargets.compute(teacher, data, epochs=args.epochs, seed=seed, precision=args.precision, cache_dir=cache_dir)
         for method, loss in METHODS.items():
-            key = f"{method}|{seed}|{args.epochs}|{teacher_spec.name}-e{args.teacher_epochs}|{student.name}|{data.fingerprint}"
+            key = f"{method}|{seed}|{args.epochs}|{teacher_spec.name}-e{args.teacher_epochs}|{student.name}|{data.fingerprint}|{args.precision}"
             if key in results:
                 continue
-            config = TrainConfig(student=student, loss=loss, epochs=args.epochs, seed=seed)
+            config = TrainConfig(student=student, loss=loss, epochs=args.epochs, seed=seed, precision=args.precision)
             result = fit(config, data, teacher=targets)
             results[key] = {
                 "method": method,
@@ -94,7 +105,7 @@ def main() -> None:
             print(f"{method:22s} seed {seed}: test {result.test_acc:.4f} val {result.val_acc:.4f} "
                   f"agree {result.teacher_agreement:.4f} ({result.train_seconds:.0f} s)", flush=True)
 
-    suffix = f"|{args.epochs}|{teacher_spec.name}-e{args.teacher_epochs}|{student.name}|{data.fingerprint}"
+    suffix = f"|{args.epochs}|{teacher_spec.name}-e{args.teacher_epochs}|{student.name}|{data.fingerprint}|{args.precision}"
     rows = []
     for method in METHODS:
         runs = [r for k, r in results.items() if k.startswith(method + "|") and k.endswith(suffix)]
@@ -107,7 +118,8 @@ def main() -> None:
         f"dataset `{data.name}` ({len(data.train_labels)} train / {len(data.val_labels)} val / {len(data.test_labels)} test images).  ",
         f"Teacher {teacher_spec.name} ({teacher_meta['macs'] / 1e6:.1f} M MACs, {args.teacher_epochs} epochs): "
         f"test accuracy **{100 * teacher_meta['test_acc']:.2f}%**. Student {student.name} ({macs / 1e6:.1f} M MACs, thop), "
-        f"{args.epochs} epochs, SGD lr 0.1 cosine, batch 128, {args.seeds} seeds (mean ± std).",
+        f"{args.epochs} epochs, SGD lr 0.1 cosine, batch 128, {args.seeds} seeds (mean ± std); students and teacher targets "
+        f"in {args.precision}{' autocast (the CPU default when this table was made; see the bf16 section for its cost)' if args.precision == 'bf16' else ''}.",
         "",
         "| method | test acc (%) | val acc (%) | teacher agreement (%) | KL(teacher ‖ student) |",
         "|---|---|---|---|---|",
@@ -120,8 +132,8 @@ def main() -> None:
             f"{mean_std([r['teacher_agreement'] for r in runs])} | "
             f"{statistics.mean(r['teacher_kl'] for r in runs):.3f} |"
         )
-    ranked = sorted(((statistics.mean(r["test_acc"] for r in runs), m) for m, runs in rows if runs), reverse=True)
-    lines += ["", "Ordering by mean test accuracy: " + " > ".join(m for _, m in ranked) + "."]
+    lines += ["", "Ordering by mean test accuracy (≈: the means differ by less than the larger std): "
+              + ordering([(m, [r["test_acc"] for r in runs]) for m, runs in rows if runs]) + "."]
     print("\n".join(lines))
     write_section(Path(args.doc), "compare_methods", "Graph-RKD against its baselines", lines)
 

@@ -58,7 +58,7 @@ def _search_parser() -> argparse.ArgumentParser:
     trials.add_argument("--space", default="default", help="a built-in space (default, wrn) or a YAML file")
     trials.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler (default tpe)")
     trials.add_argument("--seed", type=int, default=0)
-    trials.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 autocast where supported")
+    trials.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto (default): bf16 autocast on CUDA, fp32 on the CPU (bf16 cost accuracy there: docs/benchmarks.md)")
     trials.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     _tracking_flags(parser)
     backend = parser.add_argument_group("back-end")
