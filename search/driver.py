@@ -34,7 +34,7 @@ from trainer import (
 )
 from trainer._device import resolve_device
 from trainer.data import default_cache_dir
-from trainer.teacher import weights_digest
+from trainer.teacher import teacher_cache_path, weights_digest
 
 from .budget import UNIT_NOTE, Budget, format_ops
 from .errors import UsageError
@@ -229,7 +229,8 @@ class Search:
     def _prepare_teacher(self) -> None:
         o, teacher = self.options, self.teacher
         if teacher.model is None:
-            bar = self.progress.bar_for(o.teacher_epochs, 0, f"teacher {teacher.spec.name}", "epoch")
+            cached = teacher_cache_path(self.data, teacher.spec, o.teacher_epochs, o.seed, self.cache_dir).exists()
+            bar = None if cached else self.progress.bar_for(o.teacher_epochs, 0, f"teacher {teacher.spec.name}", "epoch")
 
             def report(epoch_report: EpochReport) -> None:
                 if bar is not None:
