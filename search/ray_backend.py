@@ -98,7 +98,7 @@ class _MlflowOnDriver:
     """The Tune callback that records every trial in MLflow from the driver, like the Optuna back-end."""
 
     def __init__(self, search: Search, plans: dict[int, TrialPlan]) -> None:
-        from ray.tune import Callback
+        from ray.tune import Callback  # not at module level: `connect` must set RAY_AUTH_MODE before Ray is imported
 
         self.search = search
         self.plans = plans
@@ -132,9 +132,10 @@ class _MlflowOnDriver:
         self.runs[trial.trial_id] = (number, run_id)
 
     def result(self, trial, result: dict[str, Any]) -> None:
+        first = trial.trial_id not in self.last
         self.last[trial.trial_id] = result
         number, run_id = self.runs[trial.trial_id]
-        if result.get("rkd_node"):
+        if first and result.get("rkd_node"):  # where it runs, visible while it runs
             self.search.tracker.set_tags(run_id, {"rkd.node": result["rkd_node"]})
         if result.get("rkd_epoch"):
             epoch = EpochReport(**json.loads(result["rkd_epoch"]))
