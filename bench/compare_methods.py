@@ -38,7 +38,7 @@ METHODS = {
     "graph-RKD (cosine)": LossConfig(graph_weight=25.0, similarity="cosine"),
     "graph-RKD (Gaussian)": LossConfig(graph_weight=25.0, similarity="gaussian", bandwidth=1.0),
     # The Gaussian graph of the pooled stage is far steeper than the cosine one (initial gradient
-    # norm 6.7 against 0.03 per unit weight, measured): at lambda = 25 training collapses. lambda = 1
+    # norm 6.7 against 0.03 per unit weight, bench/graph_gradients.py): at lambda = 25 training collapses. lambda = 1
     # gives it about the cosine graph's initial gradient scale at lambda = 25 (chosen before any run).
     "graph-RKD (Gaussian, λ=1)": LossConfig(graph_weight=1.0, similarity="gaussian", bandwidth=1.0),
 }
