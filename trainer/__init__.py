@@ -4,16 +4,33 @@ Knows nothing of Optuna, Ray or MLflow: ``fit`` takes a plain ``TrainConfig`` an
 callback and returns a ``TrainResult``.
 """
 
-from .config import EpochReport, LossConfig, TrainConfig, TrainResult
-from .data import DATASETS, DataError, ImageDataset, load_dataset
+from .checkpoint import TeacherError, check_teacher_fits, load_checkpoint, save_checkpoint, weights_digest
+from .config import (
+    PRECISIONS,
+    REDUCTIONS,
+    SCHEDULES,
+    SIMILARITIES,
+    STAGES,
+    EpochReport,
+    LossConfig,
+    TrainConfig,
+    TrainResult,
+    TrainState,
+)
+from .data import DATASETS, DataError, ImageDataset, dataset_from_tensors, default_cache_dir, load_dataset
 from .loop import fit
 from .models import ModelSpec, build_model
 from .ops import OpsCount, count_ops, count_spec_ops
 from .targets import LiveTeacher, TeacherTargets
-from .teacher import TeacherError, check_teacher_fits, load_checkpoint, save_checkpoint, train_teacher
+from .teacher import Teacher, TeacherSource, find_teacher, prepare_teacher, train_teacher
 
 __all__ = [
     "DATASETS",
+    "PRECISIONS",
+    "REDUCTIONS",
+    "SCHEDULES",
+    "SIMILARITIES",
+    "STAGES",
     "DataError",
     "EpochReport",
     "ImageDataset",
@@ -21,17 +38,25 @@ __all__ = [
     "LossConfig",
     "ModelSpec",
     "OpsCount",
+    "Teacher",
     "TeacherError",
+    "TeacherSource",
     "TeacherTargets",
     "TrainConfig",
     "TrainResult",
+    "TrainState",
     "build_model",
     "check_teacher_fits",
     "count_ops",
     "count_spec_ops",
+    "dataset_from_tensors",
+    "default_cache_dir",
+    "find_teacher",
     "fit",
     "load_checkpoint",
     "load_dataset",
+    "prepare_teacher",
     "save_checkpoint",
     "train_teacher",
+    "weights_digest",
 ]

@@ -35,5 +35,6 @@ def autocast(precision: str, device: torch.device):
 
 
 def use_channels_last(device: torch.device) -> bool:
-    """channels_last: the memory format oneDNN and cuDNN convolutions prefer, on the CPU as on CUDA."""
-    return True
+    """channels_last: the memory format oneDNN (CPU) and cuDNN (CUDA) convolutions prefer; other
+    back-ends (MPS, XPU, ...) keep the default contiguous format."""
+    return torch.device(device).type in ("cpu", "cuda")

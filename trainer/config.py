@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import torch
 
 from .models import ModelSpec
 
+# The vocabulary of a run, declared once: the configs below, the search-space schema and the CLI
+# all read these.
 STAGES = (1, 2, 3)
+Similarity = Literal["cosine", "gaussian"]
+Reduction = Literal["sum", "mean"]
+Schedule = Literal["cosine", "step"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+SIMILARITIES: tuple[str, ...] = get_args(Similarity)
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name.split('.')[-1]} {value!r} for {name}: use {' or '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -24,13 +43,13 @@ class LossConfig:
     kd_weight: float = 0.0
     temperature: float = 4.0
     graph_weight: float = 0.0
-    similarity: Literal["cosine", "gaussian"] = "cosine"
+    similarity: Similarity = "cosine"
     k: int | None = None
     bandwidth: float = 1.0
     power: int = 1
     layers: tuple[int, ...] = STAGES
     layer_weights: tuple[float, ...] | None = None
-    reduction: Literal["sum", "mean"] = "sum"
+    reduction: Reduction = "sum"
     rkd_distance_weight: float = 0.0
     rkd_angle_weight: float = 0.0
     rkd_layers: tuple[int, ...] = (3,)
@@ -46,10 +65,10 @@ class LossConfig:
             stages = getattr(self, name)
             if not stages or any(s not in STAGES for s in stages):
                 raise ValueError(f"loss.{name} must list stages among {STAGES}, got {stages}")
-        if self.similarity not in ("cosine", "gaussian"):
-            raise ValueError(f"loss.similarity must be 'cosine' or 'gaussian', got {self.similarity!r}")
-        if self.reduction not in ("sum", "mean"):
-            raise ValueError(f"loss.reduction must be 'sum' or 'mean', got {self.reduction!r}")
+        _check_choice("loss.similarity", self.similarity, SIMILARITIES)
+        _check_choice("loss.reduction", self.reduction, REDUCTIONS)
+        if self.power < 1:
+            raise ValueError(f"loss.power must be at least 1, got {self.power}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"loss.k must be at least 1 (or None for dense), got {self.k}")
         if self.temperature <= 0 or self.bandwidth <= 0:
@@ -84,17 +103,18 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: Literal["cosine", "step"] = "cosine"
+    schedule: Schedule = "cosine"
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be >= 1 and batch_size >= 2")
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"optim: lr must be > 0, weight_decay >= 0 and momentum in [0, 1), got "
+                             f"lr={self.lr}, weight_decay={self.weight_decay}, momentum={self.momentum}")
+        _check_choice("optim.schedule", self.schedule, SCHEDULES)
+        _check_choice("precision", self.precision, PRECISIONS)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -121,15 +141,60 @@ class EpochReport:
     loss_parts: dict[str, float]
     lr: float
     seconds: float
+    """The whole epoch: its training steps, then the validation pass (``eval_seconds`` of it)."""
+    eval_seconds: float = 0.0
+
+
+@dataclass
+class TrainState:
+    """A run paused after ``epoch`` epochs: enough to continue it exactly.
+
+    ``fit(config, data, resume=state)`` continues where the state stopped; since the learning-rate
+    schedule is defined over ``config.epochs`` and the batches by (seed, epoch), the continued run
+    equals one uninterrupted run. Saved files hold tensors and primitives only (``weights_only``).
+    """
+
+    epoch: int
+    model: dict[str, Any] = field(repr=False)
+    optimizer: dict[str, Any] = field(repr=False)
+    history: list[EpochReport] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the state atomically (a crash leaves the previous file, never a torn one)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"format": "rkd-search/train-state-v1", "epoch": self.epoch, "model": self.model,
+                    "optimizer": self.optimizer, "history": [asdict(h) for h in self.history],
+                    "train_seconds": self.train_seconds}, temporary)
+        temporary.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainState":
+        """Read a state written by ``save``; raises ``ValueError`` for a damaged or foreign file."""
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if stored.get("format") != "rkd-search/train-state-v1":
+                raise ValueError("not an rkd-search training state")
+            return cls(int(stored["epoch"]), stored["model"], stored["optimizer"],
+                       [EpochReport(**h) for h in stored["history"]], float(stored["train_seconds"]))
+        except Exception as error:
+            raise ValueError(f"cannot read the training state {path} ({type(error).__name__}: {error})") from None
 
 
 @dataclass
 class TrainResult:
-    """A finished (or stopped) run: selection metric, test metrics, teacher fidelity and cost."""
+    """A finished, stopped or paused run: selection metric, test metrics, teacher fidelity and cost.
+
+    A run paused before its last epoch (``fit(..., until=r)``) has no test metrics (they are
+    measured once, at the end) and carries ``state`` to continue from.
+    """
 
     spec: ModelSpec
     val_acc: float
-    test_acc: float
+    test_acc: float | None
     teacher_agreement: float | None
     teacher_kl: float | None
     macs: int
@@ -142,11 +207,17 @@ class TrainResult:
     input_shape: tuple[int, int, int] = (3, 32, 32)
     history: list[EpochReport] = field(default_factory=list)
     state_dict: dict[str, Any] | None = field(default=None, repr=False)
+    state: TrainState | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def paused(self) -> bool:
+        return self.state is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the weights, as JSON-ready primitives (the weights travel as a tensor file)."""
         data = asdict(self)
         data.pop("state_dict")
+        data.pop("state")
         data["spec"] = self.spec.to_dict()
         data["input_shape"] = list(self.input_shape)
         return data
@@ -160,16 +231,17 @@ class TrainResult:
         return cls(**data, state_dict=state_dict)
 
     def metrics(self) -> dict[str, float]:
-        """The final scalar metrics (teacher fidelity left out when there was no teacher)."""
+        """The scalar metrics (test and teacher-fidelity metrics left out when not measured)."""
         values = {
             "val_acc": self.val_acc,
-            "test_acc": self.test_acc,
             "macs": float(self.macs),
             "flops": float(self.flops),
             "params": float(self.params),
             "train_seconds": self.train_seconds,
             "epochs_done": float(self.epochs_done),
         }
+        if self.test_acc is not None:
+            values["test_acc"] = self.test_acc
         if self.teacher_agreement is not None:
             values["teacher_agreement"] = self.teacher_agreement
             values["teacher_kl"] = float(self.teacher_kl)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +22,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
+DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -69,10 +70,11 @@ class ImageDataset:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the images, labels and split: keys the teacher and target caches."""
+        """A short hash of every image and label of the three splits: keys the teacher and target caches."""
         if not hasattr(self, "_fingerprint"):
             digest = hashlib.sha256(self.name.encode())
-            for tensor in (self.train_images, self.train_labels, self.val_labels, self.test_labels):
+            for tensor in (self.train_images, self.train_labels, self.val_images, self.val_labels,
+                           self.test_images, self.test_labels):
                 digest.update(tensor.contiguous().cpu().numpy().tobytes())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
@@ -99,8 +101,9 @@ def load_dataset(
 ) -> ImageDataset:
     """Load ``name`` (one of ``DATASETS``) into memory and carve a seeded, stratified validation split.
 
-    ``data_dir`` defaults to ``$RKD_DATA_DIR``. ImageFolder trees are decoded once and cached as
-    tensors under ``cache_dir`` (default ``$RKD_CACHE_DIR`` or ``~/.cache/rkd-search``).
+    ``data_dir`` defaults to ``$RKD_DATA_DIR``, and for CIFAR to ``CACHE/data/NAME``, where it is
+    downloaded when the network allows. ImageFolder trees are decoded once and cached as tensors
+    under ``cache_dir`` (default ``$RKD_CACHE_DIR`` or ``~/.cache/rkd-search``).
     """
     if data_dir is None and os.environ.get("RKD_DATA_DIR"):
         data_dir = os.environ["RKD_DATA_DIR"]
@@ -108,6 +111,8 @@ def load_dataset(
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     augmentation, batch_size = Augmentation(), 128
     if name in ("cifar10", "cifar100"):
+        if data_dir is None:
+            data_dir = default_data_dir(name, cache_dir)
         train, test, classes = _load_cifar(name, data_dir, download)
     elif name == "imagefolder":
         if data_dir is None:
@@ -116,18 +121,38 @@ def load_dataset(
     elif name == "digits":
         train, test, classes = _load_digits()
         augmentation, batch_size = Augmentation(crop_padding=4, flip=False), 32
-    elif name == "synthetic":
-        train, test, classes = make_synthetic(seed=seed)
-        augmentation, batch_size = Augmentation(crop_padding=0, flip=False), 32
     else:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    return dataset_from_tensors(name, train, test, classes, val_fraction=val_fraction, seed=seed,
+                                augmentation=augmentation, batch_size=batch_size)
+
+
+def dataset_from_tensors(
+    name: str,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    classes: list[str],
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    augmentation: Augmentation | None = None,
+    batch_size: int = 128,
+) -> ImageDataset:
+    """An ``ImageDataset`` from uint8 (N, C, H, W) images and int64 labels: the validation split is
+    carved from ``train`` (stratified, seeded) and the normalisation measured on what is left."""
     (train_x, train_y), (val_x, val_y) = _stratified_split(*train, val_fraction, seed)
     mean, std = _channel_stats(train_x)
-    return ImageDataset(name, classes, train_x, train_y, val_x, val_y, *test, mean, std, augmentation, batch_size)
+    return ImageDataset(name, classes, train_x, train_y, val_x, val_y, *test, mean, std,
+                        augmentation or Augmentation(), batch_size)
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("RKD_CACHE_DIR") or Path.home() / ".cache" / "rkd-search")
+
+
+def default_data_dir(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where a downloadable dataset lives when no folder is given: ``CACHE/data/NAME``."""
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / "data" / name
 
 
 def _stratified_split(images: Tensor, labels: Tensor, fraction: float, seed: int):
@@ -153,20 +178,19 @@ def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
 def _load_cifar(name: str, data_dir, download: bool):
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    if data_dir is None:
-        raise DataError(
-            f"{name} needs a data folder: pass --data-dir DIR (or set RKD_DATA_DIR); it is downloaded "
-            "there when the network allows, or use --dataset imagefolder/digits offline"
-        )
     cls = CIFAR10 if name == "cifar10" else CIFAR100
+    data_dir = Path(data_dir)
+    created = [p for p in (data_dir, *data_dir.parents) if not p.exists()]
     try:
         train = cls(str(data_dir), train=True, download=download)
         test = cls(str(data_dir), train=False, download=download)
     except Exception as error:  # no network, partial download, corrupt archive
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        for path in created:  # a failed download leaves no empty folders behind
+            shutil.rmtree(path, ignore_errors=True)
         raise DataError(
             f"{name} is not in {data_dir} and could not be downloaded ({reason}): put the "
-            f"extracted {cls.base_folder}/ there, or use --dataset imagefolder --data-dir DIR, or --dataset digits"
+            f"extracted {cls.base_folder}/ there (or pass --data-dir), or use --dataset imagefolder --data-dir DIR, or --dataset digits"
         ) from None
 
     def tensors(split):
@@ -260,27 +284,18 @@ def _load_digits(resolution: int = 32):
     return (train_x, train_y), (test_x, test_y), [str(i) for i in range(10)]
 
 
-def make_synthetic(
-    num_classes: int = 4, train_per_class: int = 64, test_per_class: int = 32, resolution: int = 16, seed: int = 0
-):
-    """A generated, learnable dataset for unit tests: a fixed smooth pattern per class plus noise."""
-    generator = torch.Generator().manual_seed(seed + 7919)
-    patterns = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=generator), size=resolution, mode="bilinear")
-
-    def draw(per_class: int):
-        labels = torch.arange(num_classes).repeat_interleave(per_class)
-        noise = 0.25 * torch.randn(len(labels), 3, resolution, resolution, generator=generator)
-        images = ((patterns[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
-        return images, labels
-
-    return draw(train_per_class), draw(test_per_class), [f"class{i}" for i in range(num_classes)]
-
-
-def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """uint8 (N, C, H, W) -> float32, standardised per channel."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+def normalize(images: Tensor, mean: tuple[float, ...] | Tensor, std: tuple[float, ...] | Tensor) -> Tensor:
+    """uint8 (N, C, H, W) -> float32, standardised per channel (``mean``/``std`` as tuples or (1, C, 1, 1) tensors)."""
+    mean_t = mean if isinstance(mean, Tensor) else torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = std if isinstance(std, Tensor) else torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float().div_(255) - mean_t) / std_t
+
+
+def _stats_on(dataset: ImageDataset, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The normalisation as tensors on ``device``: made once per epoch, not once per batch (on a GPU
+    each small host-to-device copy is a synchronisation)."""
+    mean = torch.tensor(dataset.mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+    return mean, torch.tensor(dataset.std, dtype=torch.float32).view(1, -1, 1, 1).to(device)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -292,23 +307,34 @@ def num_train_batches(dataset: ImageDataset, batch_size: int) -> int:
     return max(1, len(dataset.train_labels) // batch_size)
 
 
-def augment_batch(images: Tensor, augmentation: Augmentation, generator: torch.Generator) -> Tensor:
-    """Random crop (zero padding) and horizontal flip of a whole uint8 batch at once."""
+def _crop_and_flip(images: Tensor, pad: int, dy: Tensor | None, dx: Tensor | None, flip: Tensor | None) -> Tensor:
     n, c, h, w = images.shape
-    pad = augmentation.crop_padding
+    device = images.device
     if pad > 0:
         padded = F.pad(images, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-        rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
-        batch_index = torch.arange(n, device=images.device)[:, None, None, None]
-        channel_index = torch.arange(c, device=images.device)[None, :, None, None]
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+        batch_index = torch.arange(n, device=device)[:, None, None, None]
+        channel_index = torch.arange(c, device=device)[None, :, None, None]
         images = padded[batch_index, channel_index, rows, cols]
-    if augmentation.flip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    if flip is not None:
         images = torch.where(flip[:, None, None, None], images.flip(3), images)
     return images
+
+
+def _draws(n: int, augmentation: Augmentation, generator: torch.Generator) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Crop offsets and flips for ``n`` images, drawn on the CPU (so batches do not depend on the device)."""
+    pad = augmentation.crop_padding
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator) if pad > 0 else None
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator) if pad > 0 else None
+    flip = torch.rand(n, generator=generator) < 0.5 if augmentation.flip else None
+    return dy, dx, flip
+
+
+def augment_batch(images: Tensor, augmentation: Augmentation, generator: torch.Generator) -> Tensor:
+    """Random crop (zero padding) and horizontal flip of a whole uint8 batch at once."""
+    draws = [d.to(images.device) if d is not None else None for d in _draws(len(images), augmentation, generator)]
+    return _crop_and_flip(images, augmentation.crop_padding, *draws)
 
 
 def train_batches(
@@ -316,22 +342,31 @@ def train_batches(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """The epoch's training batches as (normalised float images, labels), full batches only.
 
-    Order and augmentation depend on (seed, epoch) alone, so two calls give identical batches.
+    Order and augmentation depend on (seed, epoch) alone, so two calls give identical batches, on
+    any device: the epoch's order, crop offsets and flips are drawn at once on the CPU and moved
+    to the data's device in one copy (per-batch copies would synchronise a GPU at every step).
     """
     generator = epoch_generator(seed, epoch)
     count = len(dataset.train_labels)
     size = min(batch_size, count)
-    order = torch.randperm(count, generator=generator).to(dataset.train_labels.device)
-    for start in range(0, num_train_batches(dataset, size) * size, size):
-        index = order[start : start + size]
+    batches = num_train_batches(dataset, size)
+    device = dataset.train_labels.device
+    order = torch.randperm(count, generator=generator)
+    draws = _draws(batches * size, dataset.augmentation, generator) if augment else (None, None, None)
+    order, *draws = [t.to(device) if t is not None else None for t in (order, *draws)]
+    mean, std = _stats_on(dataset, device)
+    for batch in range(batches):
+        part = slice(batch * size, (batch + 1) * size)
+        index = order[part]
         images = dataset.train_images[index]
         if augment:
-            images = augment_batch(images, dataset.augmentation, generator)
-        yield normalize(images, dataset.mean, dataset.std), dataset.train_labels[index]
+            images = _crop_and_flip(images, dataset.augmentation.crop_padding, *(d[part] if d is not None else None for d in draws))
+        yield normalize(images, mean, std), dataset.train_labels[index]
 
 
 def eval_batches(
     dataset: ImageDataset, images: Tensor, labels: Tensor, batch_size: int = 500
 ) -> Iterator[tuple[Tensor, Tensor]]:
+    mean, std = _stats_on(dataset, images.device)
     for start in range(0, len(labels), batch_size):
-        yield normalize(images[start : start + batch_size], dataset.mean, dataset.std), labels[start : start + batch_size]
+        yield normalize(images[start : start + batch_size], mean, std), labels[start : start + batch_size]

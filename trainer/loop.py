@@ -3,6 +3,12 @@
 Reads top to bottom: build the student, count its operations, train epoch by epoch on the
 deterministic batches, evaluate on the validation split, report (the callback may stop the run),
 and finish with test accuracy and the teacher-fidelity metrics of Stanton et al. (NeurIPS 2021).
+
+A run can pause after any epoch (``until=r``) and continue later (``resume=state``): the
+learning-rate schedule is defined over ``config.epochs`` and the batches by (seed, epoch), so the
+continued run equals an uninterrupted one. The step keeps its bookkeeping on the device (no
+host round trip per batch); losses, weights and logits are checked for NaN/inf once per epoch, so
+a diverged student fails instead of being reported at chance accuracy.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._device import autocast, resolve_device, resolve_precision, use_channels_last
-from .config import EpochReport, LossConfig, TrainConfig, TrainResult
+from .config import EpochReport, LossConfig, TrainConfig, TrainResult, TrainState
 from .data import ImageDataset, eval_batches, num_train_batches, train_batches
 from .losses import gram_matrix, graph_rkd_loss, hinton_kd_loss, rkd_angle_loss, rkd_distance_loss, teacher_kl
 from .models import build_model
@@ -44,8 +50,8 @@ def distillation_loss(
     features: list[Tensor],
     teacher_logits: Tensor | None,
     teacher_grams: dict[int, Tensor],
-) -> tuple[Tensor, dict[str, float]]:
-    """The weighted loss mix of ``loss`` and its parts (unweighted, for logging)."""
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The weighted loss mix of ``loss`` and its parts (unweighted and detached, still on the device)."""
     parts: dict[str, Tensor] = {"ce": F.cross_entropy(logits.float(), labels)}
     if loss.kd_weight > 0:
         parts["kd"] = hinton_kd_loss(logits, teacher_logits, loss.temperature)
@@ -76,7 +82,7 @@ def distillation_loss(
         "rkd_angle": loss.rkd_angle_weight,
     }
     total = sum(weights[name] * value for name, value in parts.items())
-    return total, {name: float(value.detach()) for name, value in parts.items()}
+    return total, {name: value.detach() for name, value in parts.items()}
 
 
 @torch.no_grad()
@@ -91,6 +97,12 @@ def predict(model: nn.Module, data: ImageDataset, images: Tensor, labels: Tensor
     return torch.cat(outputs)
 
 
+def _all_finite(tensors) -> bool:
+    """One device-to-host read for a whole collection of tensors."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def fit(
     config: TrainConfig,
     data: ImageDataset,
@@ -98,6 +110,8 @@ def fit(
     teacher: nn.Module | TeacherTargets | TeacherSignals | None = None,
     report: Report | None = None,
     device: str | torch.device | None = None,
+    resume: TrainState | None = None,
+    until: int | None = None,
 ) -> TrainResult:
     """Train ``config.student`` on ``data`` with the loss mix of ``config.loss``.
 
@@ -105,12 +119,20 @@ def fit(
     (the fast path of a search); it is required when the loss reads the teacher and optional
     otherwise (it then only provides the fidelity metrics). After each epoch ``report`` receives
     an ``EpochReport``; returning True stops training (pruning) and the result says so.
+
+    ``until`` pauses after that many epochs of ``config.epochs``: the result then has no test
+    metrics and carries ``state``, which ``resume`` continues from. Raises ``FloatingPointError``
+    when the loss, the weights or the evaluation logits stop being finite.
     """
     device = resolve_device(device)
     precision = resolve_precision(config.precision, device)
     channels_last = use_channels_last(device)
     spec = config.student.with_data(data.input_shape[0], data.num_classes)
     data = data if data.train_images.device == device else data.to(device)
+    start_epoch = resume.epoch if resume is not None else 0
+    until = config.epochs if until is None else until
+    if not start_epoch < until <= config.epochs:
+        raise ValueError(f"cannot train from epoch {start_epoch} to epoch {until} of {config.epochs}")
 
     signals: TeacherSignals | None
     if isinstance(teacher, nn.Module):
@@ -118,7 +140,7 @@ def fit(
     else:
         signals = teacher
     if isinstance(signals, TeacherTargets):
-        signals.check_compatible(data, config.batch_size, config.seed, config.epochs)
+        signals.check_compatible(data, config.batch_size, config.seed, config.epochs, precision)
     if config.loss.needs_teacher and signals is None:
         raise ValueError("this loss mix distils from a teacher: pass teacher= (a model or TeacherTargets)")
 
@@ -130,19 +152,24 @@ def fit(
     optimizer = torch.optim.SGD(
         student.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
+    history: list[EpochReport] = []
+    previous_seconds = 0.0
+    if resume is not None:
+        student.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        history, previous_seconds = list(resume.history), resume.train_seconds
     steps_per_epoch = num_train_batches(data, min(config.batch_size, len(data.train_labels)))
     total_steps = steps_per_epoch * config.epochs
     stages = config.loss.relational_stages
 
-    history: list[EpochReport] = []
     started = time.perf_counter()
     stopped_early = False
-    step = 0
-    for epoch in range(config.epochs):
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, until):
         epoch_start = time.perf_counter()
         student.train()
-        sums: dict[str, float] = {}
-        total_loss = 0.0
+        sums: dict[str, Tensor] = {}
+        total_loss = torch.zeros((), device=device)
         for index, (images, labels) in enumerate(train_batches(data, config.batch_size, config.seed, epoch)):
             lr = config.lr * learning_rate_factor(config.schedule, step / total_steps)
             for group in optimizer.param_groups:
@@ -155,53 +182,65 @@ def fit(
             with autocast(precision, device):
                 logits, features = student.forward_with_features(images)
             loss, parts = distillation_loss(config.loss, logits, labels, features, teacher_logits, teacher_grams)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}; lower the learning rate or loss weights")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            total_loss += float(loss.detach())
+            total_loss += loss.detach()
             for name, value in parts.items():
-                sums[name] = sums.get(name, 0.0) + value
+                sums[name] = sums[name] + value if name in sums else value
+        epoch_values = torch.stack([total_loss, *sums.values()]).div(steps_per_epoch).tolist()  # one read per epoch
+        eval_start = time.perf_counter()
+        if not math.isfinite(epoch_values[0]):
+            raise FloatingPointError(f"the loss became {epoch_values[0]} in epoch {epoch + 1}; lower the learning rate or loss weights")
+        if not _all_finite(student.state_dict().values()):
+            raise FloatingPointError(f"the weights stopped being finite in epoch {epoch + 1}; lower the learning rate or loss weights")
         val_logits = predict(student, data, data.val_images, data.val_labels, precision, device)
+        if not _all_finite([val_logits]):
+            raise FloatingPointError(f"the validation logits stopped being finite in epoch {epoch + 1}; lower the learning rate")
         val_acc = float((val_logits.argmax(1) == data.val_labels).float().mean())
         epoch_report = EpochReport(
             epoch=epoch + 1,
             epochs=config.epochs,
             val_acc=val_acc,
-            train_loss=total_loss / steps_per_epoch,
-            loss_parts={name: value / steps_per_epoch for name, value in sums.items()},
+            train_loss=epoch_values[0],
+            loss_parts=dict(zip(sums, epoch_values[1:])),
             lr=lr,
             seconds=time.perf_counter() - epoch_start,
+            eval_seconds=time.perf_counter() - eval_start,
         )
         history.append(epoch_report)
         if report is not None and report(epoch_report) and epoch + 1 < config.epochs:
             stopped_early = True
             break
-    train_seconds = time.perf_counter() - started
+    train_seconds = previous_seconds + time.perf_counter() - started
+
+    weights = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+    common = dict(spec=spec, val_acc=history[-1].val_acc, macs=ops.macs, flops=ops.flops, params=ops.params,
+                  train_seconds=train_seconds, epochs_done=len(history), epochs_planned=config.epochs,
+                  stopped_early=stopped_early, input_shape=data.input_shape, history=history, state_dict=weights)
+    if len(history) < config.epochs and not stopped_early:  # paused: continue later from ``state``
+        optimizer_state = _to_cpu(optimizer.state_dict())
+        state = TrainState(len(history), weights, optimizer_state, list(history), train_seconds)
+        return TrainResult(test_acc=None, teacher_agreement=None, teacher_kl=None, state=state, **common)
 
     test_logits = predict(student, data, data.test_images, data.test_labels, precision, device)
+    if not _all_finite([test_logits]):
+        raise FloatingPointError("the test logits are not finite; lower the learning rate")
     test_acc = float((test_logits.argmax(1) == data.test_labels).float().mean())
     agreement = kl = None
     if signals is not None:
         reference = signals.test_logits(data).to(device)
         agreement = float((reference.argmax(1) == test_logits.argmax(1)).float().mean())
         kl = float(teacher_kl(reference, test_logits))
-    return TrainResult(
-        spec=spec,
-        val_acc=history[-1].val_acc,
-        test_acc=test_acc,
-        teacher_agreement=agreement,
-        teacher_kl=kl,
-        macs=ops.macs,
-        flops=ops.flops,
-        params=ops.params,
-        train_seconds=train_seconds,
-        epochs_done=len(history),
-        epochs_planned=config.epochs,
-        stopped_early=stopped_early,
-        input_shape=data.input_shape,
-        history=history,
-        state_dict={k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
-    )
+    return TrainResult(test_acc=test_acc, teacher_agreement=agreement, teacher_kl=kl, **common)
+
+
+def _to_cpu(value):
+    if isinstance(value, Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value

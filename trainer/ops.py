@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -58,3 +59,79 @@ def _count(probe: nn.Module, input_shape: tuple[int, int, int]) -> OpsCount:
             probe(x)
     params = sum(p.numel() for p in probe.parameters())
     return OpsCount(macs=int(macs), flops=int(counter.get_total_flops()), params=int(params))
+
+
+# -- peak activation memory ---------------------------------------------------------------------------
+
+# Operations that write no new buffer at deployment: BatchNorm is folded into the convolution
+# before it, activations run fused or in place, and reshapes are views.
+_ALIAS_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Flatten)
+_ALIAS_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.flatten}
+_ALIAS_METHODS = {"relu", "relu_", "view", "reshape", "flatten"}
+_ADD = {operator.add, operator.iadd, torch.add}
+
+BYTES_PER_ACTIVATION = 4
+"""Activations are counted as fp32 (4 bytes), the precision of the trained and exported model;
+an int8 deployment needs a quarter of it."""
+
+
+@lru_cache(maxsize=4096)
+def peak_activation_bytes(spec: ModelSpec, resolution: int, bytes_per_element: int = BYTES_PER_ACTIVATION) -> int:
+    """Peak bytes of activations alive at once in a batch-1 forward pass (as MCUNet and uNAS count).
+
+    The forward pass is traced (torch.fx) and walked in execution order. At every operation that
+    writes a new buffer, the live set is its output plus every buffer produced earlier and read at
+    or after it (its inputs, and tensors kept for a later residual addition); the peak is the
+    largest such sum. The input image counts; weights (flash) do not. BatchNorm, activations and
+    reshapes write no buffer of their own (folded, fused or views), and a residual addition writes
+    in place into an operand that is not read again.
+    """
+    from torch.fx import symbolic_trace
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.device("meta"):
+        model = build_model(spec).eval()
+    graph = symbolic_trace(model)
+    ShapeProp(graph).propagate(torch.zeros(1, spec.in_channels, resolution, resolution, device="meta"))
+    nodes = [n for n in graph.graph.nodes]
+    index = {node: i for i, node in enumerate(nodes)}
+    modules = dict(graph.named_modules())
+
+    def aliases_input(node) -> bool:
+        if node.op == "call_module":
+            return isinstance(modules[node.target], _ALIAS_MODULES)
+        if node.op == "call_function":
+            return node.target in _ALIAS_FUNCTIONS
+        return node.op == "call_method" and node.target in _ALIAS_METHODS
+
+    buffer: dict = {}  # node -> the node whose buffer holds its value
+    for node in nodes:
+        if node.op == "output":
+            continue
+        inputs = node.all_input_nodes
+        buffer[node] = buffer[inputs[0]] if inputs and aliases_input(node) else node
+    last_use = {b: index[b] for b in set(buffer.values())}
+    for node in nodes:
+        for source in node.all_input_nodes:
+            last_use[buffer[source]] = max(last_use[buffer[source]], index[node])
+    for node in nodes:  # residual additions write into an operand that dies there
+        if node.op == "call_function" and node.target in _ADD and buffer[node] is node:
+            dying = [buffer[s] for s in node.all_input_nodes if last_use[buffer[s]] == index[node]]
+            if dying:
+                target = dying[0]
+                for other, holder in buffer.items():
+                    if holder is node:
+                        buffer[other] = target
+                last_use[target] = max(last_use[target], last_use.pop(node))
+
+    def size(node) -> int:
+        meta = node.meta.get("tensor_meta")
+        return int(meta.shape.numel()) * bytes_per_element if meta is not None else 0
+
+    sizes = {b: size(b) for b in last_use}
+    peak = 0
+    for node in nodes:
+        if buffer.get(node) is node:  # this operation writes a new buffer
+            i = index[node]
+            peak = max(peak, sum(sizes[b] for b, end in last_use.items() if index[b] <= i <= end))
+    return peak

@@ -24,7 +24,7 @@ from ._device import autocast, resolve_device, resolve_precision, use_channels_l
 from .config import STAGES
 from .data import ImageDataset, eval_batches, num_train_batches, train_batches
 from .losses import gram_matrix
-from .teacher import weights_digest
+from .checkpoint import weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,12 @@ class TeacherTargets:
         self.precision = precision
         self.epochs = epochs
         self._test_logits = test_logits
+        self._on_device: tuple | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_on_device"] = None  # a device copy never travels
+        return state
 
     @property
     def num_epochs(self) -> int:
@@ -107,19 +113,26 @@ class TeacherTargets:
     def batch(self, epoch, index, images, stages):
         if epoch >= len(self.epochs):
             raise ValueError(f"teacher targets cover {len(self.epochs)} epochs, the run asked for epoch {epoch + 1}")
-        stored = self.epochs[epoch]
         device = images.device
-        return stored.logits[index].to(device), {s: stored.grams[index, s - 1].to(device) for s in stages}
+        if self._on_device is None or self._on_device[:2] != (epoch, device):
+            stored = self.epochs[epoch]  # the whole epoch moves at once: one copy, not two per batch
+            self._on_device = (epoch, device, stored.logits.to(device), stored.grams.to(device))
+        _, _, logits, grams = self._on_device
+        return logits[index], {s: grams[index, s - 1] for s in stages}
 
     def test_logits(self, data: ImageDataset) -> Tensor:
         return self._test_logits
 
-    def check_compatible(self, data: ImageDataset, batch_size: int, seed: int, epochs: int) -> None:
-        expected = targets_key(self.key.split(":")[0], data, batch_size, seed, self.precision)
+    def check_compatible(self, data: ImageDataset, batch_size: int, seed: int, epochs: int, precision: str) -> None:
+        """Refuse targets computed for other batches or numerics than the run's (``precision`` resolved)."""
+        expected = targets_key(self.key.split(":")[0], data, batch_size, seed, precision)
         if expected != self.key:
+            differences = [f"{name} {mine} vs {theirs}" for name, mine, theirs in
+                           (("batch size", self.batch_size, batch_size), ("seed", self.seed, seed), ("precision", self.precision, precision))
+                           if mine != theirs] or ["the dataset or its augmentation"]
             raise ValueError(
-                "teacher targets were computed for other batches (dataset, batch size, seed or precision "
-                "differ from this run's); compute them with the run's settings"
+                f"teacher targets were computed for other batches or numerics than this run's ({', '.join(differences)}: "
+                "targets vs run); compute them with the run's settings"
             )
         if epochs > len(self.epochs):
             raise ValueError(f"teacher targets cover {len(self.epochs)} epochs but the run trains {epochs}")
@@ -142,24 +155,28 @@ class TeacherTargets:
         device: str | torch.device | None = None,
         cache_dir: str | os.PathLike | None = None,
         progress: Callable[[int, int], None] | None = None,
+        digest: str | None = None,
     ) -> "TeacherTargets":
         """Run the teacher once over ``epochs`` epochs of training batches and the test set.
 
         With ``cache_dir``, each epoch is saved as a file and reused by later searches with the same
-        teacher, data, batch size, seed and precision; only missing epochs are computed.
+        teacher, data, batch size, seed and precision; only missing epochs are computed, and a
+        damaged file is computed again. ``digest`` is the teacher's weights digest when known.
         """
         live = LiveTeacher(teacher, precision, device)
-        key = targets_key(weights_digest(teacher), data, batch_size, seed, live.precision)
+        key = targets_key(digest or weights_digest(teacher), data, batch_size, seed, live.precision)
         folder = Path(cache_dir) / "targets" / key.replace(":", "-") if cache_dir else None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
         device_data = data.to(live.device)
+        batches = num_train_batches(data, min(batch_size, len(data.train_labels)))
+        size = min(batch_size, len(data.train_labels))
         stored: list[EpochTargets] = []
         for epoch in range(epochs):
             path = folder / f"epoch_{epoch:04d}.pt" if folder else None
-            if path is not None and path.exists():
-                loaded = torch.load(path, mmap=True, weights_only=True)
-                stored.append(EpochTargets(loaded["logits"], loaded["grams"]))
+            cached = _load_cached(path, lambda t: t["logits"].shape[:2] == (batches, size) and t["grams"].shape[:2] == (batches, len(STAGES)))
+            if cached is not None:
+                stored.append(EpochTargets(cached["logits"], cached["grams"]))
             else:
                 stored.append(_compute_epoch(live, device_data, batch_size, seed, epoch))
                 if path is not None:
@@ -169,9 +186,8 @@ class TeacherTargets:
             if progress is not None:
                 progress(epoch + 1, epochs)
         test_path = folder / "test_logits.pt" if folder else None
-        if test_path is not None and test_path.exists():
-            test_logits = torch.load(test_path, weights_only=True)
-        else:
+        test_logits = _load_cached(test_path, lambda t: t.shape[0] == len(data.test_labels))
+        if test_logits is None:
             test_logits = live.test_logits(device_data).cpu()
             if test_path is not None:
                 _atomic_save(test_logits, test_path)
@@ -183,7 +199,7 @@ class TeacherTargets:
 def targets_key(teacher_digest: str, data: ImageDataset, batch_size: int, seed: int, precision: str) -> str:
     """Identifies the batches and numerics the targets were computed for."""
     augmentation = f"{data.augmentation.crop_padding}:{data.augmentation.flip}"
-    details = f"{data.fingerprint}:{batch_size}:{seed}:{precision}:{augmentation}:v1"
+    details = f"{data.fingerprint}:{batch_size}:{seed}:{precision}:{augmentation}:v2"  # v2: an epoch's draws made at once
     return f"{teacher_digest}:{hashlib.sha256(details.encode()).hexdigest()[:16]}"
 
 
@@ -197,7 +213,22 @@ def _compute_epoch(live: LiveTeacher, data: ImageDataset, batch_size: int, seed:
     return EpochTargets(torch.stack(logits), torch.stack(grams))
 
 
+def _load_cached(path: Path | None, looks_right: Callable[[object], bool]):
+    """A cache file's content, or None when it is missing or damaged (then it is computed again)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        content = torch.load(path, mmap=True, weights_only=True)
+        if looks_right(content):
+            return content
+    except Exception as error:  # torn, truncated or foreign file
+        log.warning("teacher targets cache %s is unreadable (%s); computing it again", path, type(error).__name__)
+        return None
+    log.warning("teacher targets cache %s does not match the batches; computing it again", path)
+    return None
+
+
 def _atomic_save(obj, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, temporary)
     temporary.replace(path)

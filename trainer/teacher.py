@@ -1,98 +1,99 @@
-"""Teachers: checkpoints that load without running pickled code, and teachers trained once and cached."""
+"""Teachers: a checkpoint given by the user, or an architecture trained once and cached.
+
+``find_teacher`` reads what the user named (a file is loaded and checked against the data, an
+architecture name is parsed) without training anything; ``prepare_teacher`` turns that into a
+``Teacher``: the frozen model, its spec, metadata, checkpoint path, weights digest and operations,
+training and caching it first when needed. The weights are hashed once, here.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .config import EpochReport, LossConfig, TrainConfig, TrainResult
+from .checkpoint import TeacherError, check_teacher_fits, load_checkpoint, save_checkpoint, weights_digest
+from .config import EpochReport, LossConfig, TrainConfig
 from .data import ImageDataset, default_cache_dir
+from .loop import fit
 from .models import ModelSpec, build_model
+from .ops import OpsCount, count_spec_ops
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "rkd-search/model-v1"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
-class TeacherError(ValueError):
-    """A teacher checkpoint cannot be used; the message says what to do."""
+@dataclass
+class TeacherSource:
+    """What ``--teacher`` names: a loaded checkpoint (``model`` set) or an architecture to train."""
+
+    spec: ModelSpec
+    reference: str
+    """Identifies the teacher across runs: the checkpoint's absolute path, or ``NAME-eEPOCHS-sSEED``."""
+    model: nn.Module | None = None
+    checkpoint: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
-def save_checkpoint(model: nn.Module, spec: ModelSpec, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``{format, spec, state_dict, meta}``: plain tensors and primitives, loadable with weights_only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "state_dict": state, "meta": meta or {}}, temporary)
-    temporary.replace(path)
-    return path
+@dataclass
+class Teacher:
+    """A teacher ready to distil from."""
+
+    model: nn.Module
+    spec: ModelSpec
+    reference: str
+    meta: dict[str, Any]
+    checkpoint: Path | None
+    digest: str
+    ops: OpsCount
 
 
-def load_checkpoint(path: str | os.PathLike, *, trust_code: bool = False) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """Load a model written by ``save_checkpoint``.
+def find_teacher(reference: str, data: ImageDataset, *, epochs: int = 30, seed: int = 0,
+                 trust_code: bool = False) -> TeacherSource:
+    """Read ``reference``: a checkpoint file (loaded and checked against ``data`` now) or an architecture.
 
-    Only tensors and primitives are unpickled (``weights_only=True``). A file holding a whole
-    pickled module runs code when loaded: it is refused unless ``trust_code`` is set.
+    Raises ``TeacherError`` with what to do when the file is missing, unreadable, unsafe or made
+    for other data, or the architecture is unknown. Nothing is trained or written.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TeacherError(f"teacher checkpoint {path} does not exist: pass a file written by rkd-search, or leave --teacher out to train one")
+    looks_like_file = reference.endswith(CHECKPOINT_SUFFIXES) or "/" in reference or Path(reference).exists()
+    if looks_like_file:
+        model, spec, meta = load_checkpoint(reference, trust_code=trust_code)
+        check_teacher_fits(spec, data, reference)
+        path = Path(reference).resolve()
+        return TeacherSource(spec, str(path), model, path, meta)
     try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        if not trust_code:
-            reason = type(error).__name__
-            if "Unsupported global" in str(error):
-                raise TeacherError(
-                    f"teacher checkpoint {path} holds pickled code; load it only if you trust it (--trust-teacher-code)"
-                ) from None
-            raise TeacherError(f"teacher checkpoint {path} is not a readable PyTorch file ({reason}); re-save or retrain it") from None
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as second:
-            raise TeacherError(f"teacher checkpoint {path} is not a readable PyTorch file ({type(second).__name__}); re-save or retrain it") from None
-    if isinstance(stored, nn.Module):
-        if not hasattr(stored, "forward_with_features") or not hasattr(stored, "spec"):
-            raise TeacherError(f"{path} holds a module without forward_with_features/spec; save it with rkd-search's save_checkpoint")
-        return stored.eval(), stored.spec, {}
-    if not isinstance(stored, dict) or stored.get("format") != CHECKPOINT_FORMAT:
-        raise TeacherError(f"{path} is not an rkd-search model checkpoint (no '{CHECKPOINT_FORMAT}' format key); save it with save_checkpoint")
-    try:
-        spec = ModelSpec.from_dict(stored["spec"])
-        model = build_model(spec)
-        model.load_state_dict(stored["state_dict"])
-    except Exception as error:
-        raise TeacherError(f"teacher checkpoint {path} does not match its own spec ({str(error).splitlines()[0][:160]})") from None
-    return model.eval(), spec, dict(stored.get("meta", {}))
+        spec = ModelSpec.parse(reference, data.input_shape[0], data.num_classes)
+    except ValueError as error:
+        raise TeacherError(f"--teacher: {error}; or pass a checkpoint file") from None
+    return TeacherSource(spec, f"{spec.name}-e{epochs}-s{seed}")
 
 
-def check_teacher_fits(spec: ModelSpec, data: ImageDataset, source: str) -> None:
-    if spec.num_classes != data.num_classes:
-        raise TeacherError(
-            f"teacher {source} predicts {spec.num_classes} classes but {data.name} has {data.num_classes}; "
-            "pass a teacher trained on this dataset, or leave --teacher out to train one"
-        )
-    if spec.in_channels != data.input_shape[0]:
-        raise TeacherError(
-            f"teacher {source} takes {spec.in_channels}-channel images but {data.name} has {data.input_shape[0]}; "
-            "pass a teacher trained on this dataset"
-        )
-
-
-def weights_digest(model: nn.Module) -> str:
-    """A hash of the model's weights: identifies a teacher in cache keys and in MLflow."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+def prepare_teacher(
+    source: TeacherSource | str,
+    data: ImageDataset,
+    *,
+    epochs: int = 30,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    report: Callable[[EpochReport], bool | None] | None = None,
+) -> Teacher:
+    """The teacher of a search in one call: loaded, or trained once and cached, then hashed and counted."""
+    if isinstance(source, str):
+        source = find_teacher(source, data, epochs=epochs, seed=seed)
+    if source.model is not None:
+        model, spec, meta, checkpoint = source.model, source.spec, source.meta, source.checkpoint
+    else:
+        model, spec, meta, checkpoint = train_teacher(data, source.spec, epochs=epochs, seed=seed, cache_dir=cache_dir,
+                                                      device=device, report=report)
+    return Teacher(model.eval(), spec, source.reference, meta, checkpoint, weights_digest(model),
+                   count_spec_ops(spec, data.resolution))
 
 
 def teacher_cache_path(data: ImageDataset, spec: ModelSpec, epochs: int, seed: int, cache_dir: str | os.PathLike | None) -> Path:
@@ -111,8 +112,6 @@ def train_teacher(
     report: Callable[[EpochReport], bool | None] | None = None,
 ) -> tuple[nn.Module, ModelSpec, dict[str, Any], Path]:
     """Train a teacher with cross-entropy, or load it if this (dataset, architecture, epochs, seed) was trained before."""
-    from .loop import fit
-
     if isinstance(spec, str):
         spec = ModelSpec.parse(spec)
     spec = spec.with_data(data.input_shape[0], data.num_classes)
@@ -125,7 +124,7 @@ def train_teacher(
         except TeacherError:
             log.warning("cached teacher %s is unreadable; training it again", path)
     config = TrainConfig(student=spec, loss=LossConfig(), epochs=epochs, seed=seed, batch_size=data.default_batch_size)
-    result: TrainResult = fit(config, data, report=report, device=device)
+    result = fit(config, data, report=report, device=device)
     model = build_model(spec)
     model.load_state_dict(result.state_dict)
     meta = {

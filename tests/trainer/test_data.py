@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer import DataError, load_dataset
-from trainer.data import Augmentation, augment_batch, train_batches
+from rkd_search.trainer import DataError, load_dataset
+from rkd_search.trainer.data import Augmentation, augment_batch, train_batches
 
 
 def test_synthetic_dataset_shapes_and_split(synthetic):
@@ -57,7 +57,7 @@ def test_crop_shifts_content_and_flip_mirrors():
 
 
 def test_imagefolder_is_decoded_once_then_cached(cifar_dir, tmp_path, monkeypatch):
-    import trainer.data
+    import rkd_search.trainer.data
 
     first = load_dataset("imagefolder", cifar_dir, cache_dir=tmp_path)
     assert list((tmp_path / "datasets").glob("imagefolder-*.pt"))
@@ -65,7 +65,7 @@ def test_imagefolder_is_decoded_once_then_cached(cifar_dir, tmp_path, monkeypatc
     def no_decoding(*args, **kwargs):
         raise AssertionError("the cached dataset was decoded again")
 
-    monkeypatch.setattr(trainer.data, "_decode_images", no_decoding)
+    monkeypatch.setattr(rkd_search.trainer.data, "_decode_images", no_decoding)
     second = load_dataset("imagefolder", cifar_dir, cache_dir=tmp_path)
     assert (len(first.train_labels), len(first.val_labels), len(first.test_labels)) == (4500, 500, 5000)
     assert first.input_shape == (3, 32, 32) and first.num_classes == 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer import LossConfig, ModelSpec, TrainConfig, TrainResult, build_model, fit
+from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig, TrainResult, build_model, fit
 
 STUDENT = ModelSpec("wrn", 10, 0.5)
 
@@ -76,3 +76,46 @@ def test_result_round_trips_through_json(synthetic):
     result = fit(TrainConfig(student=STUDENT, epochs=2, batch_size=32, precision="fp32"), synthetic)
     again = TrainResult.from_dict(json.loads(json.dumps(result.to_dict())), result.state_dict)
     assert again == result
+
+
+def test_continuing_from_a_saved_state_equals_training_straight_through(synthetic, tmp_path):
+    """Pause after 2 of 5 epochs, save, load, continue to 4, then to 5: the same weights as one run."""
+    from rkd_search.trainer import TrainState
+
+    config = TrainConfig(student=STUDENT, epochs=5, batch_size=32, precision="fp32", seed=3)
+    straight = fit(config, synthetic)
+    paused = fit(config, synthetic, until=2)
+    assert paused.paused and paused.test_acc is None and paused.state.epoch == 2 and paused.epochs_done == 2
+    path = paused.state.save(tmp_path / "state.pt")
+    middle = fit(config, synthetic, resume=TrainState.load(path), until=4)
+    assert middle.paused and middle.epochs_done == 4
+    resumed = fit(config, synthetic, resume=middle.state)
+    assert not resumed.paused and resumed.epochs_done == 5 and resumed.test_acc == straight.test_acc
+    for name, value in straight.state_dict.items():
+        assert torch.equal(value, resumed.state_dict[name]), name
+    assert [h.val_acc for h in resumed.history] == [h.val_acc for h in straight.history]
+    assert [h.lr for h in resumed.history] == [h.lr for h in straight.history]
+
+
+def test_a_damaged_state_file_is_refused(tmp_path):
+    from rkd_search.trainer import TrainState
+
+    path = tmp_path / "state.pt"
+    path.write_bytes(b"torn")
+    with pytest.raises(ValueError, match="cannot read the training state"):
+        TrainState.load(path)
+
+
+@pytest.mark.parametrize("lr", [1e4, 1e6])
+def test_a_diverging_student_fails_instead_of_reporting_chance_accuracy(synthetic, lr):
+    """Loss, weights and logits are checked once per epoch: NaN or inf anywhere is a failure."""
+    config = TrainConfig(student=STUDENT, epochs=3, batch_size=32, lr=lr, precision="fp32")
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        fit(config, synthetic)
+
+
+def test_channels_last_follows_the_device():
+    from rkd_search.trainer._device import use_channels_last
+
+    assert use_channels_last(torch.device("cpu")) and use_channels_last(torch.device("cuda"))
+    assert not use_channels_last(torch.device("meta")) and not use_channels_last(torch.device("mps"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import (
+from rkd_search.trainer.losses import (
     gram_matrix,
     graph_rkd_loss,
     hinton_kd_loss,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer import LiveTeacher, LossConfig, ModelSpec, TeacherTargets, TrainConfig, build_model, fit
-from trainer.data import train_batches
-from trainer.loop import distillation_loss
+from rkd_search.trainer import LiveTeacher, LossConfig, ModelSpec, TeacherTargets, TrainConfig, build_model, fit
+from rkd_search.trainer.data import train_batches
+from rkd_search.trainer.loop import distillation_loss
 
 LOSSES = [
     LossConfig(graph_weight=25.0),
@@ -66,3 +66,35 @@ def test_targets_for_other_batches_are_refused(synthetic, teacher):
     longer = TrainConfig(student=ModelSpec("wrn", 10, 0.5), loss=LOSSES[0], epochs=2, batch_size=32, precision="fp32")
     with pytest.raises(ValueError, match="cover 1 epochs"):
         fit(longer, synthetic, teacher=targets)
+
+
+def test_targets_in_another_precision_are_refused(synthetic, teacher):
+    targets = TeacherTargets.compute(teacher, synthetic, epochs=1, batch_size=32, precision="bf16")
+    config = TrainConfig(student=ModelSpec("wrn", 10, 0.5), loss=LOSSES[0], epochs=1, batch_size=32, precision="fp32")
+    with pytest.raises(ValueError, match="precision bf16 vs fp32"):
+        fit(config, synthetic, teacher=targets)
+
+
+def test_the_data_fingerprint_covers_every_image(synthetic):
+    """Changed validation or test images with unchanged labels must not reuse stale teacher outputs."""
+    from dataclasses import replace
+
+    base = synthetic.fingerprint
+    for name in ("train_images", "val_images", "test_images"):
+        images = getattr(synthetic, name).clone()
+        images[0] = 255 - images[0]
+        assert replace(synthetic, **{name: images}).fingerprint != base, name
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x00torn file"])
+def test_a_damaged_cache_file_is_computed_again(synthetic, teacher, tmp_path, damage):
+    first = TeacherTargets.compute(teacher, synthetic, epochs=2, batch_size=32, precision="fp32")
+    TeacherTargets.compute(teacher, synthetic, epochs=2, batch_size=32, precision="fp32", cache_dir=tmp_path)
+    files = sorted((tmp_path / "targets").rglob("*.pt"))
+    for path in files:  # replaced, as a crash of another writer would leave them (never torn under a reader's mmap)
+        path.unlink()
+        path.write_bytes(damage)
+    again = TeacherTargets.compute(teacher, synthetic, epochs=2, batch_size=32, precision="fp32", cache_dir=tmp_path)
+    assert torch.equal(first.epochs[1].grams, again.epochs[1].grams)
+    assert torch.equal(first.test_logits(synthetic), again.test_logits(synthetic))
+    assert all(path.stat().st_size > 100 for path in files)  # rewritten

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import trainer.loop
-from trainer import ModelSpec, TeacherError, build_model, check_teacher_fits, load_checkpoint, save_checkpoint, train_teacher
+import rkd_search.trainer.teacher
+from rkd_search.trainer import ModelSpec, TeacherError, build_model, check_teacher_fits, load_checkpoint, save_checkpoint, train_teacher
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -59,7 +59,7 @@ def test_trained_teacher_is_cached_by_dataset_architecture_epochs_seed(synthetic
     def no_training(*args, **kwargs):
         raise AssertionError("the cached teacher was trained again")
 
-    monkeypatch.setattr(trainer.loop, "fit", no_training)
+    monkeypatch.setattr(rkd_search.trainer.teacher, "fit", no_training)
     again, _, _, again_path = train_teacher(synthetic, "wrn10_1", epochs=1, seed=0, cache_dir=tmp_path)
     assert again_path == path
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

@@ -32,6 +32,17 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+def stage_feature_info(stage_channels: tuple[int, int, int]) -> list[dict]:
+    """What ``forward_with_features`` returns, stage by stage (as timm's ``feature_info``).
+
+    Stages 1 and 2 are feature maps downsampled ``reduction`` times; stage 3 is read after
+    global average pooling, a (batch, channels) tensor with no spatial extent (``reduction`` None).
+    """
+    info = [{"stage": i + 1, "channels": c, "reduction": 2**i, "pooled": False} for i, c in enumerate(stage_channels)]
+    info[-1].update(reduction=None, pooled=True)
+    return info
+
+
 class StagedResNet(nn.Module):
     """Stem, three stages of basic blocks, pooled linear head.
 
@@ -66,9 +77,7 @@ class StagedResNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(previous, num_classes)
-        self.feature_info = [
-            {"stage": i + 1, "channels": c, "reduction": 2**i} for i, c in enumerate(stage_channels)
-        ]
+        self.feature_info = stage_feature_info(stage_channels)
         self._init_weights()
 
     def _init_weights(self) -> None:
