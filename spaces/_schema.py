@@ -5,16 +5,22 @@ A parameter is written one of three ways:
     lr: 0.1                                   # fixed
     similarity: [cosine, gaussian]            # choices
     graph_weight: {low: 1, high: 100, log: true}   # a range (int when low and high are ints)
+
+The ``graph``, ``loss`` and ``optim`` sections are made from the trainer's own configs
+(``LossConfig`` and ``TrainConfig``): their keys and defaults are those fields and defaults, and
+every value a section can produce (each choice, both ends of a range) is checked by building the
+config with it, so a value the trainer would refuse inside a trial is refused here, by name.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+import dataclasses
+from typing import Any, Callable, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
-from trainer.config import STAGES
-from trainer.models import FAMILIES, ModelSpec
+from rkd_search.trainer import STAGES, LossConfig, ModelSpec, TrainConfig
+from rkd_search.trainer.models import FAMILIES
 
 Scalar = Union[bool, int, float, str]
 
@@ -49,22 +55,92 @@ class Range(BaseModel):
         return self
 
 
-Param = Union[Range, list[Scalar], Scalar]
+Param = Union[Range, list[Scalar], Scalar, None]
 
 
-def _values(param: Param) -> list[Any]:
+def candidates(param: Param) -> list[Any]:
+    """Every value a parameter can take that bounds what it produces: the choices, or a range's ends."""
     if isinstance(param, Range):
         return [param.low, param.high]
     return list(param) if isinstance(param, list) else [param]
 
 
+# -- the sections made from the trainer's configs --------------------------------------------------
+
+# Where a search's default differs from the trainer's: a search distils (the authors' lambda = 25),
+# while LossConfig() alone is plain cross-entropy.
+SEARCH_DEFAULTS = {"graph_weight": 25.0}
+_BASE_LOSS = LossConfig(ce_weight=1.0, graph_weight=1.0)  # one weight positive whichever one is checked
+_BASE_TRAIN = TrainConfig(student=ModelSpec("wrn", 10, 1.0))
+
+
+def _config_section(name: str, config: Any, keys: tuple[str, ...], build: Callable[[str, Any], Any]) -> type[BaseModel]:
+    """A pydantic model whose fields are ``keys`` of the dataclass ``config``, with its defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+
+    def check(cls, value: Param, info: ValidationInfo) -> Param:
+        for candidate in candidates(value):
+            if candidate is None and defaults[info.field_name] is None:
+                continue
+            try:
+                build(info.field_name, candidate)
+            except ValueError as error:
+                raise ValueError(str(error)) from None
+            except TypeError:
+                hint = " (YAML reads 1e6 as text: write 1.0e+6)" if isinstance(candidate, str) and candidate[:1].isdigit() else ""
+                raise ValueError(f"{candidate!r} is not a valid value for {info.field_name}{hint}") from None
+        return value
+
+    fields = {key: (Param, SEARCH_DEFAULTS.get(key, defaults[key])) for key in keys}
+    return create_model(name, __config__=ConfigDict(extra="forbid"),
+                        __validators__={"_values": field_validator(*keys)(classmethod(check))}, **fields)
+
+
+def _loss_value(key: str, value: Any) -> LossConfig:
+    return dataclasses.replace(_BASE_LOSS, **{key: value})
+
+
+def _train_value(key: str, value: Any) -> TrainConfig:
+    return dataclasses.replace(_BASE_TRAIN, **{key: value})
+
+
+_GraphValues = _config_section("GraphValues", LossConfig, ("similarity", "k", "bandwidth", "power", "reduction"), _loss_value)
+LossSpace = _config_section("LossSpace", LossConfig, ("ce_weight", "graph_weight", "kd_weight", "temperature",
+                                                      "rkd_distance_weight", "rkd_angle_weight"), _loss_value)
+OptimSpace = _config_section("OptimSpace", TrainConfig, ("lr", "weight_decay", "momentum", "schedule"), _train_value)
+
+
+class GraphSpace(_GraphValues):  # type: ignore[misc, valid-type]
+    layers: list[list[int]] | list[int] = list(STAGES)
+
+    @property
+    def layer_choices(self) -> list[tuple[int, ...]]:
+        if self.layers and isinstance(self.layers[0], list):
+            return [tuple(choice) for choice in self.layers]  # type: ignore[arg-type]
+        return [tuple(self.layers)]  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _layers(self) -> "GraphSpace":
+        for choice in self.layer_choices:
+            if not choice or any(stage not in STAGES for stage in choice):
+                raise ValueError(f"layers must be lists of stages among {list(STAGES)}, got {list(choice)}")
+        return self
+
+
+# -- the student section ---------------------------------------------------------------------------
+
 class StudentSpace(BaseModel):
+    """Families, their depths (per stage for the families that draw one per stage), width and the
+    mobile blocks' expansion ratio and kernel size."""
+
     model_config = ConfigDict(extra="forbid")
 
     family: list[str] | str = "wrn"
     depth: dict[str, list[int] | int]
     width: Range = Field(default_factory=lambda: Range(low=0.25, high=2.0, step=0.0625))
     stage_widths: list[float] | None = None
+    expansion: list[float] | float = 6.0
+    kernel: list[int] | int = 3
     budget_aware: bool = True
 
     @property
@@ -75,6 +151,20 @@ class StudentSpace(BaseModel):
         depth = self.depth[family]
         return [depth] if isinstance(depth, int) else list(depth)
 
+    @property
+    def expansions(self) -> list[float]:
+        return [float(e) for e in (self.expansion if isinstance(self.expansion, list) else [self.expansion])]
+
+    @property
+    def kernels(self) -> list[int]:
+        return list(self.kernel) if isinstance(self.kernel, list) else [self.kernel]
+
+    def example_spec(self, family: str, depth: int, **overrides: Any) -> ModelSpec:
+        """A spec of ``family`` at ``depth`` (blocks per stage for mobile families), for validation."""
+        if FAMILIES[family].depth_per_stage:
+            return ModelSpec(family, 3 * depth, 1.0, stage_depths=(depth,) * 3, **overrides)
+        return ModelSpec(family, depth, 1.0, **overrides)
+
     @model_validator(mode="after")
     def _check(self) -> "StudentSpace":
         for family in self.families:
@@ -82,8 +172,10 @@ class StudentSpace(BaseModel):
                 raise ValueError(f"unknown family {family!r} (known: {', '.join(sorted(FAMILIES))})")
             if family not in self.depth:
                 raise ValueError(f"depth has no entry for family {family!r}")
+            if not self.depths(family):
+                raise ValueError(f"depth lists no depth for family {family!r}: give at least one")
             for depth in self.depths(family):
-                ModelSpec(family, depth, 1.0)  # raises with the family's depth rule
+                self.example_spec(family, depth)  # raises with the family's depth rule
         extra = set(self.depth) - set(self.families)
         if extra:
             raise ValueError(f"depth lists families that are not searched: {sorted(extra)}")
@@ -91,79 +183,14 @@ class StudentSpace(BaseModel):
             raise ValueError("width needs a linear range with low > 0")
         if self.stage_widths is not None and (not self.stage_widths or min(self.stage_widths) <= 0):
             raise ValueError("stage_widths must list positive multipliers")
+        mobile = [f for f in self.families if FAMILIES[f].mobile]
+        if not self.expansions or not self.kernels:
+            raise ValueError("expansion and kernel need at least one value")
+        for family in mobile:
+            for expansion in self.expansions:
+                for kernel in self.kernels:
+                    self.example_spec(family, self.depths(family)[0], expansion=expansion, kernel=kernel)
         return self
-
-
-class GraphSpace(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    similarity: list[str] | str = "cosine"
-    k: Param | None = None
-    bandwidth: Param = 1.0
-    layers: list[list[int]] | list[int] = [1, 2, 3]
-    power: Param = 1
-    reduction: str = "sum"
-
-    @property
-    def layer_choices(self) -> list[tuple[int, ...]]:
-        if self.layers and isinstance(self.layers[0], list):
-            return [tuple(choice) for choice in self.layers]  # type: ignore[arg-type]
-        return [tuple(self.layers)]  # type: ignore[arg-type]
-
-    @field_validator("similarity")
-    @classmethod
-    def _similarity(cls, value):
-        for similarity in [value] if isinstance(value, str) else value:
-            if similarity not in ("cosine", "gaussian"):
-                raise ValueError(f"unknown similarity {similarity!r}: use cosine or gaussian")
-        return value
-
-    @field_validator("reduction")
-    @classmethod
-    def _reduction(cls, value):
-        if value not in ("sum", "mean"):
-            raise ValueError("reduction must be sum or mean")
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> "GraphSpace":
-        for choice in self.layer_choices:
-            if not choice or any(stage not in STAGES for stage in choice):
-                raise ValueError(f"layers must be lists of stages among {list(STAGES)}, got {list(choice)}")
-        if self.k is not None and min(_values(self.k)) < 1:
-            raise ValueError("k must be at least 1")
-        if min(_values(self.bandwidth)) <= 0:
-            raise ValueError("bandwidth must be positive")
-        return self
-
-
-class LossSpace(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ce_weight: Param = 1.0
-    graph_weight: Param = 25.0
-    kd_weight: Param = 0.0
-    temperature: Param = 4.0
-    rkd_distance_weight: Param = 0.0
-    rkd_angle_weight: Param = 0.0
-
-    @model_validator(mode="after")
-    def _check(self) -> "LossSpace":
-        for name in ("ce_weight", "graph_weight", "kd_weight", "rkd_distance_weight", "rkd_angle_weight"):
-            if min(_values(getattr(self, name))) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        if min(_values(self.temperature)) <= 0:
-            raise ValueError("temperature must be positive")
-        return self
-
-
-class OptimSpace(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    lr: Param = 0.1
-    weight_decay: Param = 5e-4
-    momentum: Param = 0.9
-    schedule: Param = "cosine"
 
 
 class Seed(BaseModel):
@@ -172,9 +199,12 @@ class Seed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     family: str
-    depth: int
+    depth: int | None = None
     width: float
     stage_widths: list[float] | None = None
+    stage_depths: list[int] | None = None  # mobile families
+    expansion: float | None = None
+    kernel: int | None = None
 
 
 class SpaceFile(BaseModel):
@@ -184,13 +214,23 @@ class SpaceFile(BaseModel):
     description: str = ""
     student: StudentSpace
     graph: GraphSpace = Field(default_factory=GraphSpace)
-    loss: LossSpace = Field(default_factory=LossSpace)
-    optim: OptimSpace = Field(default_factory=OptimSpace)
+    loss: LossSpace = Field(default_factory=LossSpace)  # type: ignore[valid-type]
+    optim: OptimSpace = Field(default_factory=OptimSpace)  # type: ignore[valid-type]
     enqueue: list[Seed] = []
 
     @model_validator(mode="after")
     def _check(self) -> "SpaceFile":
+        student = self.student
         for index, seed in enumerate(self.enqueue):
-            if seed.family not in self.student.families or seed.depth not in self.student.depths(seed.family):
-                raise ValueError(f"enqueue[{index}]: {seed.family}{seed.depth} is outside the student space")
+            name = f"{seed.family}{seed.depth if seed.depth is not None else seed.stage_depths}"
+            if seed.family not in student.families:
+                raise ValueError(f"enqueue[{index}]: {name} is outside the student space")
+            if FAMILIES[seed.family].mobile:
+                depths = seed.stage_depths or ([seed.depth // 3] * 3 if seed.depth and seed.depth % 3 == 0 else None)
+                if not depths or len(depths) != 3 or any(d not in student.depths(seed.family) for d in depths) \
+                        or (seed.expansion is not None and seed.expansion not in student.expansions) \
+                        or (seed.kernel is not None and seed.kernel not in student.kernels):
+                    raise ValueError(f"enqueue[{index}]: {name} is outside the student space")
+            elif seed.depth not in student.depths(seed.family):
+                raise ValueError(f"enqueue[{index}]: {name} is outside the student space")
         return self

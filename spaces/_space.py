@@ -4,10 +4,12 @@
 ``trial.suggest_*``, so an Optuna trial and Ray Tune's wrapped trial both work.
 
 Budget-aware widths: a width drawn uniformly from the whole range would put most large students
-over budget at the larger depths. Instead, once family, depth and stage multipliers are drawn,
-the widest student on the width grid that fits the budget is found (operations counted by thop,
-memoised), and the trial draws ``student.width_fill`` in [0, 1] to pick a width on the grid up to
-it. The sampler's space stays fixed (every sampler supports it) and nearly every candidate fits.
+over budget at the larger depths. Instead, once family, depth (per stage for mobile families),
+expansion, kernel and stage multipliers are drawn, the widest student on the width grid that fits
+the budget is found (operations counted by thop, memoised; the parameter and activation-memory
+limits too, when set: all grow with width), and the trial draws ``student.width_fill`` in [0, 1]
+to pick a width on the grid up to it. The sampler's space stays fixed (every sampler supports it)
+and nearly every candidate fits.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any, Protocol
 import yaml
 from pydantic import ValidationError
 
-from trainer import LossConfig, ModelSpec, OpsCount, TrainConfig, count_spec_ops
+from rkd_search.trainer import LossConfig, ModelSpec, OpsCount, TrainConfig, count_spec_ops
+from rkd_search.trainer.models import FAMILIES
+from rkd_search.trainer.ops import peak_activation_bytes
 
 from ._schema import Param, Range, SpaceFile
 
@@ -41,7 +45,8 @@ class TrialLike(Protocol):
 
 @dataclass(frozen=True)
 class TrialContext:
-    """What a space needs besides the sampler's choices: the data's shape, the budget, the schedule."""
+    """What a space needs besides the sampler's choices: the data's shape, the budget and the other
+    limits a student must fit (None: no limit), the schedule."""
 
     budget_macs: float
     in_channels: int
@@ -51,19 +56,41 @@ class TrialContext:
     batch_size: int = 128
     seed: int = 0
     precision: str = "auto"
+    max_params: float | None = None
+    max_activation_bytes: float | None = None
+
+    def fits(self, spec: ModelSpec) -> bool:
+        """Within the MAC budget and the parameter and activation-memory limits (all grow with width)."""
+        ops = count_spec_ops(spec, self.resolution)
+        if ops.macs > self.budget_macs or (self.max_params is not None and ops.params > self.max_params):
+            return False
+        return self.max_activation_bytes is None or peak_activation_bytes(spec, self.resolution) <= self.max_activation_bytes
 
 
 @dataclass
 class TrialPlan:
-    """A trial's config, its operations count, and its sampled values under dotted names."""
+    """A trial's config, its operations count and peak activation memory, and its sampled values
+    under dotted names."""
 
     config: TrainConfig
     ops: OpsCount
     budget_macs: float
     params: dict[str, Any] = field(default_factory=dict)
+    activation_bytes: int = 0
+    constraints: dict[str, float] = field(default_factory=dict)
+    """Named violations (<= 0: within the limit), as the search sets them on the sampler's trial."""
+    measures: dict[str, float] = field(default_factory=dict)
+    """Costs measured beyond the counts (e.g. ``latency_ms``)."""
 
     @property
     def feasible(self) -> bool:
+        """Within every limit: never trained otherwise."""
+        if self.constraints:
+            return all(value <= 0 for value in self.constraints.values())
+        return self.within_budget
+
+    @property
+    def within_budget(self) -> bool:
         return self.ops.macs <= self.budget_macs
 
     @property
@@ -73,7 +100,7 @@ class TrialPlan:
 
 
 def builtin_spaces() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("spaces").iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[: -len(".yaml")] for p in resources.files(__package__).iterdir() if p.name.endswith(".yaml"))
 
 
 def load_space(name_or_path: str | os.PathLike) -> "SearchSpace":
@@ -85,7 +112,7 @@ def load_space(name_or_path: str | os.PathLike) -> "SearchSpace":
             raise SpaceError(f"space file {path} does not exist: pass a YAML file or one of {', '.join(builtin_spaces())}")
         source, text = str(path), path.read_text()
     elif text_name in builtin_spaces():
-        source, text = f"{text_name} (built in)", (resources.files("spaces") / f"{text_name}.yaml").read_text()
+        source, text = f"{text_name} (built in)", (resources.files(__package__) / f"{text_name}.yaml").read_text()
     else:
         raise SpaceError(f"unknown space {text_name!r}: pass a YAML file or one of {', '.join(builtin_spaces())}")
     try:
@@ -148,51 +175,62 @@ class SearchSpace:
         count = int(math.floor((width.high - width.low) / step + 1e-9)) + 1
         return [round(width.low + i * step, 6) for i in range(count)]
 
-    def student_spec(self, family: str, depth: int, width: float, stage_widths, context: TrialContext) -> ModelSpec:
-        stages = tuple(stage_widths) if stage_widths is not None else None
-        return ModelSpec(family, depth, width, stages, context.in_channels, context.num_classes)
-
-    def feasible_widths(self, family: str, depth: int, stage_widths, context: TrialContext) -> list[float]:
-        """The grid widths whose student fits the budget (operations grow with width)."""
-        return _feasible_widths(self, family, depth, tuple(stage_widths) if stage_widths else None, context)
+    def feasible_widths(self, arch: "Architecture", context: TrialContext) -> list[float]:
+        """The grid widths whose student fits the budget and limits (all grow with width)."""
+        return _feasible_widths(self, arch, context)
 
     def smallest_student(self, context: TrialContext) -> tuple[ModelSpec, OpsCount]:
         """The cheapest student this space can build: a budget below it can never be met."""
-        low = self.spec.student.width.low
-        stages = None
-        if self.spec.student.stage_widths:
-            stages = (min(self.spec.student.stage_widths),) * 3
+        student = self.spec.student
+        stages = (min(student.stage_widths),) * 3 if student.stage_widths else None
         candidates = []
-        for family in self.spec.student.families:
-            spec = self.student_spec(family, min(self.spec.student.depths(family)), low, stages, context)
+        for family in student.families:
+            depth = min(student.depths(family))
+            mobile = FAMILIES[family].mobile
+            arch = Architecture(family, depth * 3 if mobile else depth, (depth,) * 3 if mobile else None, stages,
+                                min(student.expansions) if mobile else None, min(student.kernels) if mobile else None)
+            spec = arch.spec(student.width.low, context)
             candidates.append((count_spec_ops(spec, context.resolution).macs, spec))
         macs, spec = min(candidates, key=lambda c: c[0])
         return spec, count_spec_ops(spec, context.resolution)
+
+    def _suggest_architecture(self, trial: TrialLike) -> "Architecture":
+        student = self.spec.student
+        family = _suggest(trial, "student.family", student.families)
+        stage_widths = None
+        if student.stage_widths:
+            stage_widths = tuple(_suggest(trial, f"student.stage_width.{i}", student.stage_widths) for i in (1, 2, 3))
+        if not FAMILIES[family].mobile:
+            depth = _suggest(trial, f"student.{family}.depth", student.depths(family))
+            return Architecture(family, depth, None, stage_widths, None, None)
+        stage_depths = tuple(_suggest(trial, f"student.{family}.depth.{i}", student.depths(family)) for i in (1, 2, 3))
+        expansion = float(_suggest(trial, f"student.{family}.expansion", student.expansions))
+        kernel = int(_suggest(trial, f"student.{family}.kernel", student.kernels))
+        return Architecture(family, sum(stage_depths), stage_depths, stage_widths, expansion, kernel)
 
     # -- the define-by-run function -----------------------------------------------------------
     def suggest(self, trial: TrialLike, context: TrialContext) -> TrialPlan:
         student, graph, loss, optim = self.spec.student, self.spec.graph, self.spec.loss, self.spec.optim
         params: dict[str, Any] = {}
 
-        family = _suggest(trial, "student.family", student.families)
-        depth = _suggest(trial, f"student.{family}.depth", student.depths(family))
-        stage_widths = None
-        if student.stage_widths:
-            stage_widths = tuple(_suggest(trial, f"student.stage_width.{i}", student.stage_widths) for i in (1, 2, 3))
+        arch = self._suggest_architecture(trial)
         if student.budget_aware:
-            feasible = self.feasible_widths(family, depth, stage_widths, context)
+            feasible = self.feasible_widths(arch, context)
             fill = trial.suggest_float("student.width_fill", 0.0, 1.0)
             if feasible:
                 width = feasible[min(len(feasible) - 1, int(fill * len(feasible)))]
-            else:  # even the narrowest student at this depth is over budget: infeasible, never trained
+            else:  # even the narrowest student of this architecture is over budget: infeasible, never trained
                 width = self.width_grid()[0]
         else:
             width = _suggest(trial, "student.width", student.width)
-        spec = self.student_spec(family, depth, width, stage_widths, context)
-        params.update({"student.family": family, "student.depth": depth, "student.width": width,
+        spec = arch.spec(width, context)
+        params.update({"student.family": arch.family, "student.depth": arch.depth, "student.width": width,
                        "student.name": spec.name})
-        if stage_widths is not None:
-            params["student.stage_widths"] = ",".join(f"{s:g}" for s in stage_widths)
+        if arch.stage_widths is not None:
+            params["student.stage_widths"] = ",".join(f"{s:g}" for s in arch.stage_widths)
+        if arch.stage_depths is not None:
+            params.update({"student.stage_depths": ",".join(map(str, arch.stage_depths)),
+                           "student.expansion": arch.expansion, "student.kernel": arch.kernel})
 
         ce_weight = _suggest(trial, "loss.ce_weight", loss.ce_weight)
         graph_weight = _suggest(trial, "loss.graph_weight", loss.graph_weight)
@@ -242,20 +280,36 @@ class SearchSpace:
             momentum=momentum, weight_decay=weight_decay, schedule=schedule, seed=context.seed,
             precision=context.precision,
         )
-        return TrialPlan(config, count_spec_ops(spec, context.resolution), context.budget_macs, params)
+        return TrialPlan(config, count_spec_ops(spec, context.resolution), context.budget_macs, params,
+                         peak_activation_bytes(spec, context.resolution))
 
     def enqueued_params(self, context: TrialContext) -> list[dict[str, Any]]:
         """Optuna parameters that make ``suggest`` build each hand-designed student of the file."""
+        student = self.spec.student
         points = []
         for seed in self.spec.enqueue:
-            point: dict[str, Any] = {"student.family": seed.family, f"student.{seed.family}.depth": seed.depth}
+            family = seed.family
+            point: dict[str, Any] = {"student.family": family}
             stages = tuple(seed.stage_widths) if seed.stage_widths else None
             if stages:
-                if not self.spec.student.stage_widths or any(s not in self.spec.student.stage_widths for s in stages):
+                if not student.stage_widths or any(s not in student.stage_widths for s in stages):
                     continue
                 point.update({f"student.stage_width.{i}": s for i, s in zip((1, 2, 3), stages)})
-            if self.spec.student.budget_aware:
-                feasible = self.feasible_widths(seed.family, seed.depth, stages, context)
+            if FAMILIES[family].mobile:
+                depths = tuple(seed.stage_depths or (seed.depth // 3,) * 3)
+                expansion = float(seed.expansion if seed.expansion is not None else student.expansions[0])
+                kernel = int(seed.kernel if seed.kernel is not None else student.kernels[0])
+                point.update({f"student.{family}.depth.{i}": d for i, d in zip((1, 2, 3), depths)})
+                if len(student.expansions) > 1:
+                    point[f"student.{family}.expansion"] = expansion
+                if len(student.kernels) > 1:
+                    point[f"student.{family}.kernel"] = kernel
+                arch = Architecture(family, sum(depths), depths, stages, expansion, kernel)
+            else:
+                point[f"student.{family}.depth"] = seed.depth
+                arch = Architecture(family, seed.depth, None, stages, None, None)
+            if student.budget_aware:
+                feasible = self.feasible_widths(arch, context)
                 matches = [i for i, w in enumerate(feasible) if abs(w - seed.width) < 1e-6]
                 if not matches:
                     continue  # over budget or off the grid: nothing to seed
@@ -266,13 +320,28 @@ class SearchSpace:
         return points
 
 
-@lru_cache(maxsize=1024)
-def _feasible_widths(space: SearchSpace, family: str, depth: int, stage_widths, context: TrialContext) -> list[float]:
+@dataclass(frozen=True)
+class Architecture:
+    """A student's shape but its width: what the budget-aware width is searched for."""
+
+    family: str
+    depth: int
+    stage_depths: tuple[int, int, int] | None
+    stage_widths: tuple[float, float, float] | None
+    expansion: float | None
+    kernel: int | None
+
+    def spec(self, width: float, context: TrialContext) -> ModelSpec:
+        return ModelSpec(self.family, self.depth, width, self.stage_widths, context.in_channels, context.num_classes,
+                         self.stage_depths, self.expansion, self.kernel)
+
+
+@lru_cache(maxsize=4096)
+def _feasible_widths(space: SearchSpace, arch: Architecture, context: TrialContext) -> list[float]:
     grid = space.width_grid()
 
     def fits(width: float) -> bool:
-        spec = space.student_spec(family, depth, width, stage_widths, context)
-        return count_spec_ops(spec, context.resolution).macs <= context.budget_macs
+        return context.fits(arch.spec(width, context))
 
     if not fits(grid[0]):
         return []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from spaces import SpaceError, TrialContext, builtin_spaces, load_space
-from trainer import count_spec_ops
+from rkd_search.spaces import SpaceError, TrialContext, builtin_spaces, load_space
+from rkd_search.trainer import ModelSpec, count_spec_ops
 
 CONTEXT = TrialContext(budget_macs=20e6, in_channels=3, num_classes=10, resolution=32, epochs=2)
 MINIMAL = """
@@ -100,4 +100,8 @@ def test_enqueued_students_are_built_first():
 
 def test_smallest_student_is_the_cheapest_the_space_allows():
     spec, ops = load_space("default").smallest_student(CONTEXT)
-    assert spec.width == 0.25 and spec.depth == 8 and ops.macs < 2e6
+    assert spec.width == 0.25 and ops.macs < 2e6
+    # one block per stage, the smallest expansion: cheaper than the shallowest, narrowest residual networks
+    assert spec.name == "mbv2-1-1-1_0.25_e2k3"
+    for family, depth in (("resnet", 8), ("wrn", 10)):
+        assert ops.macs < count_spec_ops(ModelSpec(family, depth, 0.25, num_classes=10), 32).macs
