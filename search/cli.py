@@ -2,23 +2,25 @@
 
     rkd-search --budget 20MFLOPs --trials 200           # search (the default command)
     rkd-search pareto [--output DIR]                    # the front, read back from MLflow
-    rkd-search export RUN_ID [--output DIR]             # a front student to TorchScript / ONNX
+    rkd-search export RUN_ID [--output DIR] [--int8]    # a front student to ONNX (and TorchScript)
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
 
-from trainer import DATASETS
+from rkd_search.trainer import DATASETS, PRECISIONS
 
-from .budget import UNIT_NOTE, parse_budget
-from .driver import BACKENDS, SAMPLERS, SearchOptions
-from .errors import UsageError
+from .budget import UNIT_NOTE, parse_budget, parse_bytes, parse_count, parse_duration
+from .driver import BACKENDS, DEFAULT_MULTI_FIDELITY, SearchOptions
+from .errors import SearchError, UsageError
+from .study import SAMPLERS
 
 COMMANDS = ("search", "pareto", "export")
 
@@ -46,8 +48,8 @@ def _search_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", required=True, help=f"operations budget per image, e.g. 20MFLOPs, 20M, 1.5GMACs, 500k; counted in {UNIT_NOTE}")
     parser.add_argument("--trials", type=int, default=200, help="trials in the study, including over-budget candidates (default 200); a rerun runs only the missing ones")
     data = parser.add_argument_group("data and teacher")
-    data.add_argument("--dataset", default="cifar10", choices=[d for d in DATASETS if d != "synthetic"], help="default cifar10")
-    data.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR"), help="dataset folder (env RKD_DATA_DIR); CIFAR is downloaded there when the network allows")
+    data.add_argument("--dataset", default="cifar10", choices=DATASETS, help="default cifar10")
+    data.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR"), help="dataset folder (env RKD_DATA_DIR); for CIFAR default CACHE/data/NAME, downloaded there when the network allows")
     data.add_argument("--teacher", default="wrn28_1", help="a checkpoint file, or an architecture (e.g. wrn28_1) trained once and cached (default wrn28_1)")
     data.add_argument("--teacher-epochs", type=int, default=30, help="epochs to train the teacher when it is not a file (default 30)")
     data.add_argument("--trust-teacher-code", action="store_true", help="allow a teacher file whose loading runs pickled code")
@@ -58,8 +60,19 @@ def _search_parser() -> argparse.ArgumentParser:
     trials.add_argument("--space", default="default", help="a built-in space (default, wrn) or a YAML file")
     trials.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler (default tpe)")
     trials.add_argument("--seed", type=int, default=0)
-    trials.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto (default): bf16 autocast on CUDA, fp32 on the CPU (bf16 cost accuracy there: docs/benchmarks.md)")
+    trials.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto (default): bf16 autocast on CUDA, fp32 on the CPU (bf16 cost accuracy there: docs/benchmarks.md)")
     trials.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    fidelity = parser.add_argument_group("multi-fidelity and stopping")
+    fidelity.add_argument("--multi-fidelity", action=argparse.BooleanOptionalAction, default=DEFAULT_MULTI_FIDELITY,
+                          help="asynchronous successive halving over epochs with a Pareto promotion rule "
+                               f"(default: {'on' if DEFAULT_MULTI_FIDELITY else 'off'}, chosen by bench/search_efficiency.py)")
+    fidelity.add_argument("--min-epochs", type=int, default=1, help="first rung, in epochs (default 1)")
+    fidelity.add_argument("--eta", type=int, default=3, help="reduction factor between rungs (default 3)")
+    fidelity.add_argument("--timeout", help="stop starting new work after this long (e.g. 2h, 90m) and finish cleanly; rerun to continue")
+    limits = parser.add_argument_group("limits besides the MAC budget (each logged on every trial)")
+    limits.add_argument("--max-params", help="parameters (flash), e.g. 100k")
+    limits.add_argument("--max-activation-memory", help="peak activation memory at batch 1 in fp32 bytes, e.g. 256KB or 512KiB")
+    limits.add_argument("--max-latency-ms", type=float, help="median batch-1 latency on this CPU with ONNX Runtime (1 thread), in ms")
     _tracking_flags(parser)
     backend = parser.add_argument_group("back-end")
     backend.add_argument("--backend", default="optuna", choices=BACKENDS, help="optuna: in this process (default); ray: Ray Tune, local or on a cluster")
@@ -67,7 +80,6 @@ def _search_parser() -> argparse.ArgumentParser:
     backend.add_argument("--trial-resources", default="", help="per-trial Ray resources, e.g. cpu=2,gpu=0.5 (default: all CPUs of the smallest node, one trial per node)")
     backend.add_argument("--max-concurrent", type=int, default=None, help="trials running at once on Ray (default: as resources allow)")
     backend.add_argument("--storage-path", default=None, help="Ray experiment storage; must be shared (NFS path or URI) on a multi-node cluster")
-    backend.add_argument("--multi-fidelity", action="store_true", help="Ray: stop weak trials early with ASHA on validation accuracy")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     return parser
@@ -81,9 +93,16 @@ def _pareto_parser() -> argparse.ArgumentParser:
 
 
 def _export_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rkd-search export", description="Export a trained student (a child run) to TorchScript, and to ONNX where onnx is installed.")
+    parser = _Parser(prog="rkd-search export", description="Export a trained student (a child run) to ONNX and TorchScript, "
+                                                           "with student.json: its input size, channel order, mean, std, classes and costs.")
     parser.add_argument("run_id", metavar="RUN_ID", help="a child run id, e.g. from `rkd-search pareto`")
-    parser.add_argument("--format", default="torchscript,onnx", help="comma-separated: torchscript, onnx (default both)")
+    parser.add_argument("--format", default="onnx,torchscript", help="comma-separated: onnx, torchscript (default both)")
+    parser.add_argument("--raw-input", action="store_true", help="bake the normalisation into the ONNX model: it takes uint8 RGB images")
+    parser.add_argument("--int8", action="store_true", help="also write an int8 ONNX model (static quantization calibrated on "
+                                                            "training images) and measure its test accuracy")
+    parser.add_argument("--calibration-images", type=int, default=512, help="training images for int8 calibration (default 512)")
+    parser.add_argument("--data-dir", help="the dataset folder, when it moved since the search (default: the search's)")
+    parser.add_argument("--cache-dir", type=Path, help="as for the search (env RKD_CACHE_DIR)")
     _tracking_flags(parser)
     return parser
 
@@ -122,6 +141,7 @@ def _search(argv: list[str]) -> int:
     _configure_logging(args.verbose)
     from .driver import run_search
 
+    multi_fidelity = args.multi_fidelity
     options = SearchOptions(
         budget=parse_budget(args.budget), trials=args.trials, dataset=args.dataset, data_dir=args.data_dir,
         teacher=args.teacher, teacher_epochs=args.teacher_epochs, trust_teacher_code=args.trust_teacher_code,
@@ -129,10 +149,20 @@ def _search(argv: list[str]) -> int:
         output=args.output, experiment=args.experiment, tracking_uri=args.tracking_uri, mlflow_config=args.mlflow_config,
         backend=args.backend, cache_dir=args.cache_dir, precision=args.precision, device=args.device,
         progress=not args.no_progress, address=args.address, trial_resources=_parse_resources(args.trial_resources),
-        max_concurrent=args.max_concurrent, storage_path=args.storage_path, multi_fidelity=args.multi_fidelity,
+        max_concurrent=args.max_concurrent, storage_path=args.storage_path, multi_fidelity=multi_fidelity,
+        min_epochs=args.min_epochs, eta=args.eta, timeout=parse_duration(args.timeout) if args.timeout else None,
+        max_params=parse_count(args.max_params, "--max-params") if args.max_params else None,
+        max_activation_bytes=parse_bytes(args.max_activation_memory, "--max-activation-memory") if args.max_activation_memory else None,
+        max_latency_ms=_positive(args.max_latency_ms, "--max-latency-ms"),
     )
     run_search(options)
     return 0
+
+
+def _positive(value: float | None, flag: str) -> float | None:
+    if value is not None and not 0 < value < float("inf"):
+        raise UsageError(f"{flag} must be a positive number, got {value}")
+    return value
 
 
 def _tracker(args):
@@ -146,16 +176,13 @@ def _tracker(args):
 def _pareto(argv: list[str]) -> int:
     args = _pareto_parser().parse_args(argv)
     _configure_logging(False)
-    from .report import compute_front, front_table
+    from .pareto import compute_front
+    from .report import front_table
 
     tracker = _tracker(args)
     parent = args.run or tracker.latest_search(str(args.output.resolve()) if args.output else None)
     records = tracker.trial_records(parent)
-    tagged = [r for r in records if r.pareto is not None]
-    if tagged and len(tagged) == len(records):
-        front = sorted((r for r in records if r.pareto), key=lambda r: (r.metrics.get("macs", 0), -r.metrics.get("val_acc", 0)))
-    else:  # a search still running or interrupted: tags not written yet
-        front = compute_front(records)
+    front = compute_front(records)  # the tags say the same once written; this also covers a running search
     parent_run = tracker.client.get_run(parent)
     print(f"Search {parent_run.info.run_name} ({parent}), {len(records)} trials, budget {parent_run.data.params.get('budget', '?')}, "
           f"in {UNIT_NOTE}:")
@@ -170,23 +197,26 @@ def _export(argv: list[str]) -> int:
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     if not formats or set(formats) - {"torchscript", "onnx"}:
-        raise UsageError(f"--format {args.format!r}: choose from torchscript, onnx")
+        raise UsageError(f"--format {args.format!r}: choose from onnx, torchscript")
+    if (args.int8 or args.raw_input) and "onnx" not in formats:
+        raise UsageError("--int8 and --raw-input are ONNX options: keep onnx in --format")
+    if args.calibration_images < 1:
+        raise UsageError("--calibration-images must be at least 1")
     tracker = _tracker(args)
     try:
         name = tracker.client.get_run(args.run_id).info.run_name
     except Exception:
         raise UsageError(f"no MLflow run {args.run_id!r} at {tracker.settings.tracking_uri}: pass a run id from `rkd-search pareto`") from None
     folder = (args.output or Path(".")) / "exports" / name
-    written = export_student(tracker, args.run_id, folder, formats)
-    import json
-
-    summary = json.loads(written["json"].read_text())
+    exported = export_student(tracker, args.run_id, folder, formats, raw_input=args.raw_input, int8=args.int8,
+                              calibration_images=args.calibration_images, data_dir=args.data_dir, cache_dir=args.cache_dir)
+    summary = exported.summary
     print(f"exported {summary['student']} ({summary['macs']:,} MACs, {summary['params']:,} params, "
-          f"val acc {summary['val_acc']:.4f}) from run {args.run_id}:")
-    for kind, path in written.items():
+          f"val acc {summary['val_acc']:.4f}, test acc {summary['test_acc']:.4f}) from run {args.run_id}:")
+    for kind, path in exported.files.items():
         print(f"  {kind}: {path}")
-    if "onnx" in formats and "onnx" not in written:
-        print("  onnx: skipped (pip install onnx to export it)")
+    for kind, accuracy in exported.accuracy.items():
+        print(f"  test accuracy, {kind}: {accuracy:.4f}")
     return 0
 
 
@@ -196,10 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         argv = argv[1:]
     try:
+        if argv and command == "search" and not argv[0].startswith("-"):
+            close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+            hint = f"did you mean `rkd-search {close[0]}`? " if close else ""
+            raise UsageError(f"unknown command {argv[0]!r}: {hint}the commands are {', '.join(COMMANDS)}; "
+                             "a search takes flags only (rkd-search --budget 20MFLOPs ...)")
         return {"search": _search, "pareto": _pareto, "export": _export}[command](argv)
     except UsageError as error:
         print(f"rkd-search: error: {error}", file=sys.stderr)
         return 2
+    except SearchError as error:
+        print(f"rkd-search: the search failed: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

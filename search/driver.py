@@ -1,8 +1,8 @@
 """A search from flags to front: validate, set up once, run the trials, mark the Pareto front.
 
-    cli -> Search.validate (nothing created yet) -> Search.setup (teacher, targets, study, parent
-    run) -> back-end trial loop (Objective.define on the driver, Objective.train where the trial
-    runs, Tracker on the driver) -> Search.finish (front tagged in MLflow, CSV and plot).
+    cli -> Search.validate (nothing created yet) -> back-end connects (Ray) -> Search.setup (the
+    output folder's lock, teacher, targets, study, parent run, recorder) -> the back-end's trial
+    loop over a ``TrialLoop`` -> Search.finish (front tagged in MLflow, CSV, plot, summary).
 
 Bad input fails in ``validate`` before any study, output folder or MLflow run exists.
 """
@@ -11,43 +11,47 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from spaces import SearchSpace, SpaceError, TrialContext, TrialPlan, load_space
-from trainer import (
+from rkd_search.spaces import SearchSpace, SpaceError, TrialContext, load_space
+from rkd_search.trainer import (
     DataError,
     EpochReport,
     ImageDataset,
-    ModelSpec,
+    Teacher,
     TeacherError,
+    TeacherSource,
     TeacherTargets,
-    TrainResult,
-    check_teacher_fits,
-    load_checkpoint,
+    default_cache_dir,
+    find_teacher,
     load_dataset,
-    train_teacher,
+    prepare_teacher,
 )
-from trainer._device import resolve_device
-from trainer.data import default_cache_dir
-from trainer.teacher import teacher_cache_path, weights_digest
+from rkd_search.trainer._device import resolve_device
+from rkd_search.trainer.deploy import LatencyCache
 
 from .budget import UNIT_NOTE, Budget, format_ops
-from .errors import UsageError
-from .objective import DIRECTIONS
-from .report import compute_front, front_table, plot_front, write_csv
-from .tracking import Tracker, TrackingSettings, TrialRecord, check_reachable, resolve_settings
+from .errors import SearchError, UsageError
+from .fidelity import rungs
+from .objective import DIRECTIONS, Limits, LoopOptions, Objective, TrialLoop
+from .pareto import compute_front
+from .recorder import FrontFiles, Progress, Recorder
+from .records import TrialRecord, TrialState
+from .report import front_table
+from .study import SAMPLERS, OutputLock, open_study, stored_settings
+from .tracking import Tracker, TrackingSettings, check_reachable, resolve_settings, sqlite_path
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "gp", "nsga2", "random")
 BACKENDS = ("optuna", "ray")
-STUDY_FILE = "study.journal"
-STUDY_NAME = "rkd-search"
+# Chosen from measurement (bench/search_efficiency.py, docs/benchmarks.md): see the README.
+DEFAULT_MULTI_FIDELITY = False
 
 
 @dataclass
@@ -73,12 +77,22 @@ class SearchOptions:
     precision: str = "auto"
     device: str | None = None
     progress: bool = True
+    # multi-fidelity and stopping
+    multi_fidelity: bool = DEFAULT_MULTI_FIDELITY
+    min_epochs: int = 1
+    eta: int = 3
+    timeout: float | None = None  # seconds
+    max_student_epochs: int | None = None  # a compute budget (benchmarks)
+    # limits beyond the MAC budget
+    max_params: float | None = None
+    max_activation_bytes: float | None = None
+    max_latency_ms: float | None = None
+    measure_latency: bool = True
     # Ray back-end
     address: str | None = None
     trial_resources: dict[str, float] = field(default_factory=dict)
     max_concurrent: int | None = None
     storage_path: str | None = None
-    multi_fidelity: bool = False
 
     def resolved_output(self) -> Path:
         if self.output is not None:
@@ -86,35 +100,13 @@ class SearchOptions:
         budget = re.sub(r"[^0-9A-Za-z.]+", "", format_ops(self.budget.macs))
         return Path("runs", f"{self.dataset}-{budget}-seed{self.seed}").resolve()
 
+    @property
+    def rungs(self) -> list[int]:
+        return rungs(self.min_epochs, self.epochs, self.eta) if self.multi_fidelity else [self.epochs]
 
-@dataclass
-class TeacherInfo:
-    model: torch.nn.Module | None
-    spec: ModelSpec
-    reference: str
-    checkpoint: Path | None
-    meta: dict[str, Any]
-
-
-class Progress:
-    """A trials bar (done, front size, best accuracy, ETA); silent when progress is off."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-
-    def bar_for(self, total: int, initial: int, desc: str, unit: str):
-        if not self.enabled:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=True)
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.budget.macs, self.max_params, self.max_activation_bytes, self.max_latency_ms)
 
 
 class Search:
@@ -122,9 +114,11 @@ class Search:
         self.options = options
         self.output = options.resolved_output()
         self.progress = Progress(options.progress)
-        self.records: list[TrialRecord] = []
         self.parent_id: str | None = None
         self.tracker: Tracker | None = None
+        self.recorder: Recorder | None = None
+        self.lock = OutputLock(self.output)
+        self.resumed_from = 0
 
     # -- 1. validate: everything a user can get wrong, before anything is created -------------------
     def validate(self) -> None:
@@ -135,11 +129,15 @@ class Search:
             raise UsageError(f"unknown sampler {o.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if o.backend not in BACKENDS:
             raise UsageError(f"unknown backend {o.backend!r}: choose one of {', '.join(BACKENDS)}")
-        if o.backend != "ray" and (o.multi_fidelity or o.address or o.max_concurrent or o.trial_resources or o.storage_path):
-            raise UsageError("--multi-fidelity, --address, --max-concurrent, --trial-resources and --storage-path "
+        if o.backend != "ray" and (o.address or o.max_concurrent or o.trial_resources or o.storage_path):
+            raise UsageError("--address, --max-concurrent, --trial-resources and --storage-path "
                              "are for the Ray back-end: add --backend ray")
         if o.max_concurrent is not None and o.max_concurrent < 1:
             raise UsageError("--max-concurrent must be at least 1")
+        if o.multi_fidelity and not (1 <= o.min_epochs <= o.epochs and o.eta >= 2):
+            raise UsageError(f"multi-fidelity needs 1 <= --min-epochs ({o.min_epochs}) <= --epochs ({o.epochs}) "
+                             f"and --eta >= 2 ({o.eta})")
+        self._check_output_folder()
         try:
             self.space: SearchSpace = load_space(o.space)
         except SpaceError as error:
@@ -155,6 +153,7 @@ class Search:
         self.context = TrialContext(
             budget_macs=o.budget.macs, in_channels=self.data.input_shape[0], num_classes=self.data.num_classes,
             resolution=self.data.resolution, epochs=o.epochs, batch_size=self.batch_size, seed=o.seed, precision=o.precision,
+            max_params=o.max_params, max_activation_bytes=o.max_activation_bytes,
         )
         smallest, ops = self.space.smallest_student(self.context)
         if ops.macs > o.budget.macs:
@@ -162,87 +161,86 @@ class Search:
                 f"budget {o.budget} is below the smallest student of space {self.space.name!r}: {smallest.name} needs "
                 f"{format_ops(ops.macs)} MACs ({ops.macs:,}); raise --budget or use a space with smaller students"
             )
-        self.teacher = self._resolve_teacher()
+        if o.max_params is not None and ops.params > o.max_params:
+            raise UsageError(f"--max-params {o.max_params:g} is below the smallest student of space {self.space.name!r}: "
+                             f"{smallest.name} has {ops.params:,} parameters; raise the limit")
+        try:
+            self.teacher_source: TeacherSource = find_teacher(o.teacher, self.data, epochs=o.teacher_epochs, seed=o.seed,
+                                                              trust_code=o.trust_teacher_code)
+        except TeacherError as error:
+            raise UsageError(str(error)) from None
         self.study_settings = {
             "budget_macs": o.budget.macs, "dataset": o.dataset, "dataset_fingerprint": self.data.fingerprint,
             "space": self.space.name, "space_digest": self.space.digest, "epochs": o.epochs, "batch_size": self.batch_size,
-            "seed": o.seed, "teacher": self.teacher.reference, "precision": o.precision, "backend": o.backend,
+            "seed": o.seed, "teacher": self.teacher_source.reference, "precision": o.precision, "backend": o.backend,
+            "rungs": o.rungs, "eta": o.eta, "max_params": o.max_params, "max_activation_bytes": o.max_activation_bytes,
+            "max_latency_ms": o.max_latency_ms, "tracking_store": self.settings.store_id, "experiment": self.settings.experiment,
         }
         self._check_existing_study()
-        if o.backend == "ray":
-            from .ray_backend import connect
 
-            connect(self)  # last: an unreachable cluster or unshared storage fails before anything is created
-
-    def _resolve_teacher(self) -> TeacherInfo:
-        o = self.options
-        reference = o.teacher
-        looks_like_file = reference.endswith((".pt", ".pth", ".ckpt")) or "/" in reference or Path(reference).exists()
-        if looks_like_file:
-            try:
-                model, spec, meta = load_checkpoint(reference, trust_code=o.trust_teacher_code)
-                check_teacher_fits(spec, self.data, reference)
-            except TeacherError as error:
-                raise UsageError(str(error)) from None
-            return TeacherInfo(model, spec, str(Path(reference).resolve()), Path(reference).resolve(), meta)
-        try:
-            spec = ModelSpec.parse(reference, self.data.input_shape[0], self.data.num_classes)
-        except ValueError as error:
-            raise UsageError(f"--teacher: {error}; or pass a checkpoint file") from None
-        return TeacherInfo(None, spec, f"{spec.name}-e{o.teacher_epochs}-s{o.seed}", None, {})
-
-    def study_storage(self):
-        """The Optuna storage of this search: a journal file under the output folder."""
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        return JournalStorage(JournalFileBackend(str(self.output / STUDY_FILE)))
+    def _check_output_folder(self) -> None:
+        """--output must be a folder this process can write, or be creatable; checked without writing."""
+        output = self.output
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"--output {output} is a file, not a folder: pass a folder")
+        folder = output
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise UsageError(f"--output {output}: {folder} is a file, not a folder: pass another --output")
+        try:  # access() misses read-only mounts for root: try a temporary file, removed at once
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise UsageError(f"--output {output} cannot be written ({folder}: {error.strerror}): pass a writable --output") from None
 
     def _check_existing_study(self) -> None:
-        if not (self.output / STUDY_FILE).exists():
+        stored = stored_settings(self.output)
+        if not stored:
             return
-        import optuna
-
-        try:
-            study = optuna.load_study(study_name=STUDY_NAME, storage=self.study_storage())
-        except Exception as error:
-            raise UsageError(f"{self.output / STUDY_FILE} is not a readable rkd-search study ({type(error).__name__}): pass a new --output") from None
-        stored = study.user_attrs.get("rkd.settings", {})
         for key, value in self.study_settings.items():
             if key in stored and stored[key] != value:
+                if key in ("tracking_store", "experiment"):
+                    raise UsageError(
+                        f"{self.output} holds a search logged to {stored['tracking_store']} (experiment "
+                        f"{stored.get('experiment')!r}), not {self.settings.store_id} ({self.settings.experiment!r}): "
+                        "rerun with the tracking URI and experiment it used, or pass a new --output"
+                    )
                 raise UsageError(
                     f"{self.output} holds a search with {key} = {stored[key]!r}, not {value!r}: "
                     "rerun with the same flags to resume it, or pass a new --output"
                 )
 
-    # -- 2. setup: teacher, targets, study and parent run -----------------------------------------------
+    # -- 2. setup: lock, teacher, targets, study, parent run, recorder --------------------------------
     def setup(self) -> None:
         o = self.options
+        self.lock.acquire()  # a second search on this output folder is refused here, before any write
         self.device = resolve_device(o.device)
-        self.output.mkdir(parents=True, exist_ok=True)
         self.tracker = Tracker(self.settings)
         self._prepare_teacher()
         self._prepare_targets()
-        self._prepare_study()
+        self.study = open_study(self.output, DIRECTIONS, o.sampler, o.seed, o.trials)
+        if "rkd.settings" not in self.study.user_attrs:
+            self.study.set_user_attr("rkd.settings", self.study_settings)
+            for params in self.space.enqueued_params(self.context):
+                self.study.enqueue_trial(params, skip_if_exists=True)
         self._start_parent()
 
     def _prepare_teacher(self) -> None:
-        o, teacher = self.options, self.teacher
-        if teacher.model is None:
-            cached = teacher_cache_path(self.data, teacher.spec, o.teacher_epochs, o.seed, self.cache_dir).exists()
-            bar = None if cached else self.progress.bar_for(o.teacher_epochs, 0, f"teacher {teacher.spec.name}", "epoch")
+        o = self.options
+        bars = []
 
-            def report(epoch_report: EpochReport) -> None:
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(val_acc=f"{epoch_report.val_acc:.3f}")
+        def report(epoch_report: EpochReport) -> None:
+            if not bars:
+                bars.append(self.progress.bar_for(o.teacher_epochs, 0, f"teacher {self.teacher_source.spec.name}", "epoch"))
+            if bars[0] is not None:
+                bars[0].update(1)
+                bars[0].set_postfix(val_acc=f"{epoch_report.val_acc:.3f}")
 
-            model, spec, meta, checkpoint = train_teacher(
-                self.data, teacher.spec, epochs=o.teacher_epochs, seed=o.seed, cache_dir=self.cache_dir, device=self.device, report=report
-            )
-            if bar is not None:
-                bar.close()
-            self.teacher = TeacherInfo(model, spec, teacher.reference, checkpoint, meta)
+        self.teacher: Teacher = prepare_teacher(self.teacher_source, self.data, epochs=o.teacher_epochs, seed=o.seed,
+                                                cache_dir=self.cache_dir, device=self.device, report=report)
+        if bars and bars[0] is not None:
+            bars[0].close()
 
     def _prepare_targets(self) -> None:
         o = self.options
@@ -250,71 +248,44 @@ class Search:
         self.targets = TeacherTargets.compute(
             self.teacher.model, self.data, epochs=o.epochs, batch_size=self.batch_size, seed=o.seed, precision=o.precision,
             device=self.device, cache_dir=self.cache_dir, progress=(lambda done, total: bar.update(1)) if bar is not None else None,
+            digest=self.teacher.digest,
         )
         if bar is not None:
             bar.close()
         test_logits = self.targets.test_logits(self.data).cpu()
         teacher_test_acc = float((test_logits.argmax(1) == self.data.test_labels.cpu()).float().mean())
-        self.teacher_digest = weights_digest(self.teacher.model)
-        spec = self.teacher.spec
-        from trainer import count_spec_ops
-
-        ops = count_spec_ops(spec, self.data.resolution)
+        spec, ops = self.teacher.spec, self.teacher.ops
         metrics = {"test_acc": teacher_test_acc, "macs": ops.macs, "flops": ops.flops, "params": ops.params}
         if "val_acc" in self.teacher.meta:
             metrics["val_acc"] = float(self.teacher.meta["val_acc"])
         self.teacher_metrics = metrics
         self.teacher_run_id = self.tracker.teacher_run(
-            self.teacher_digest, f"{spec.name}-{self.data.name}",
+            self.teacher.digest, f"{spec.name}-{self.data.name}",
             params={"teacher.arch": spec.name, "teacher.dataset": self.data.name, "teacher.reference": self.teacher.reference,
                     "teacher.epochs": self.teacher.meta.get("epochs", "unknown"), "teacher.checkpoint": str(self.teacher.checkpoint or "")},
             metrics=metrics, checkpoint=self.teacher.checkpoint,
         )
 
-    def make_sampler(self, existing_trials: int):
-        import optuna
-
-        # a resumed search must not replay the random draws of its first session
-        seed = self.options.seed + 7919 * existing_trials
-        name = self.options.sampler
-        if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, self.options.trials // 4)))
-        return optuna.samplers.RandomSampler(seed=seed)
-
-    def _prepare_study(self) -> None:
-        import optuna
-
-        storage = self.study_storage()
-        existing = 0
-        try:
-            existing = len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials)
-        except KeyError:
-            pass
-        self.study = optuna.create_study(
-            study_name=STUDY_NAME, storage=storage, directions=list(DIRECTIONS),
-            sampler=self.make_sampler(existing), load_if_exists=True,
-        )
-        if "rkd.settings" not in self.study.user_attrs:
-            self.study.set_user_attr("rkd.settings", self.study_settings)
-            for params in self.space.enqueued_params(self.context):
-                self.study.enqueue_trial(params, skip_if_exists=True)
-
     def _start_parent(self) -> None:
         o = self.options
+        val = self.data.val_labels.cpu()
+        majority = float(val.bincount().max()) / len(val)
         params = {
             "budget": o.budget.text, "budget.macs": int(o.budget.macs), "budget.unit": UNIT_NOTE,
             "dataset": o.dataset, "dataset.fingerprint": self.data.fingerprint, "data_dir": o.data_dir or "",
             "dataset.sizes": f"{len(self.data.train_labels)}/{len(self.data.val_labels)}/{len(self.data.test_labels)}",
+            "dataset.val_majority": round(majority, 6),
             "space": self.space.name, "space.digest": self.space.digest, "sampler": o.sampler, "seed": o.seed,
             "epochs": o.epochs, "batch_size": self.batch_size, "backend": o.backend, "precision": o.precision,
+            "rungs": ",".join(map(str, o.rungs)), "eta": o.eta,
             "teacher": self.teacher.spec.name, "teacher.reference": self.teacher.reference,
-            "teacher.run_id": self.teacher_run_id, "teacher.digest": self.teacher_digest,
+            "teacher.run_id": self.teacher_run_id, "teacher.digest": self.teacher.digest,
             "teacher.test_acc": round(self.teacher_metrics["test_acc"], 4),
         }
+        for name, limit in (("limit.params", o.max_params), ("limit.activation_bytes", o.max_activation_bytes),
+                            ("limit.latency_ms", o.max_latency_ms)):
+            if limit is not None:
+                params[name] = limit
         tags = {"rkd.output": str(self.output), "rkd.teacher_run_id": self.teacher_run_id,
                 "rkd.budget_unit": "MACs (thop)", "rkd.backend": o.backend}
         files = {"space.yaml": self.space.text, "search.json": json.dumps({**params, "output": str(self.output)}, indent=2)}
@@ -324,107 +295,110 @@ class Search:
         if resume_id != self.parent_id:
             self.study.set_user_attr("rkd.parent_run_id", self.parent_id)
         self.tracker.set_tags(self.parent_id, {"rkd.trials_target": o.trials})
-        self.records = self.tracker.trial_records(self.parent_id)
-        self._fail_stale_trials()
+        front = FrontFiles(self.output, o.budget.macs, f"{o.dataset}, budget {o.budget}", majority, len(val))
+        student = {"preprocessing": {"input_size": list(self.data.input_shape), "channel_order": "RGB" if self.data.input_shape[0] == 3 else "gray",
+                                     "scale": "1/255", "mean": list(self.data.mean), "std": list(self.data.std),
+                                     "layout": "NCHW", "dtype": "float32"},
+                   "classes": list(self.data.classes), "dataset": o.dataset}
+        self.recorder = Recorder(self.tracker, self.parent_id, self.progress, front, student)
+        self.recorder.reload()
+        self.recorder.student_epochs = sum(r.epochs for r in self.recorder.records)
+        self._mark_stale_runs()
 
-    def _fail_stale_trials(self) -> None:
-        """Trials left RUNNING by a killed process are failed, so they are run again."""
-        from optuna.trial import TrialState
+    def _mark_stale_runs(self) -> None:
+        """MLflow runs left RUNNING by a stopped process: marked, and reopened if their trial resumes."""
+        for record in [r for r in self.recorder.records if r.state is TrialState.RUNNING]:
+            self.tracker.finish_trial(record.run_id, TrialState.FAILED, error="the process running this trial stopped",
+                                      tags={"rkd.failure": "stale"}, status="KILLED", epochs=record.epochs)
+            record.state = TrialState.FAILED
+            self.stale = getattr(self, "stale", 0) + 1
 
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self.study.tell(trial.number, state=TrialState.FAIL)
-        for record in [r for r in self.records if r.state == "running"]:
-            self.tracker.finish_trial(record.run_id, "failed", error="the process running this trial stopped",
-                                      tags={"rkd.failure": "stale"}, status="KILLED")
-            record.state = "failed"
+    def announce(self) -> None:
+        """Say where results go, and whether and from where this run resumes."""
+        o, write = self.options, self.progress.write
+        uri = self.settings.tracking_uri
+        db = sqlite_path(uri)
+        ui = f"mlflow ui --backend-store-uri sqlite:///{db.resolve()}" if db is not None else f"open {uri}"
+        write(f"rkd-search: output {self.output}; MLflow experiment {self.settings.experiment!r} at {uri} "
+              f"(browse: {ui}, then 'Model training'); front: {self.output / 'pareto.csv'}")
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state.name != "WAITING" for t in trials):
+            finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+            alive = [t for t in trials if t.state.name == "RUNNING"]
+            self.resumed_from = finished
+            detail = f"; {len(alive)} unfinished trial(s) continue: " + ", ".join(f"t{t.number:03d}" for t in alive[:8]) if alive else ""
+            write(f"resuming the search in {self.output}: {finished} of {o.trials} trials done{detail}")
 
-    # -- 3. trials -------------------------------------------------------------------------------------
+    def loop(self) -> TrialLoop:
+        o = self.options
+        latency = LatencyCache(self.cache_dir) if o.measure_latency else None
+        objective = Objective(self.space, self.context, o.limits,
+                              latency=(lambda spec: latency(spec, self.data.resolution)) if latency else None)
+        deadline = time.monotonic() + o.timeout if o.timeout else None
+        options = LoopOptions(trials=o.trials, epochs=o.epochs, rungs=o.rungs, eta=o.eta, device=self.device,
+                              checkpoints=self.output / "checkpoints", deadline=deadline, max_student_epochs=o.max_student_epochs)
+        return TrialLoop(self.study, objective, self.recorder, self.data, self.targets, options)
+
     def finished_trials(self) -> int:
-        from optuna.trial import TrialState
+        from optuna.trial import TrialState as OptunaState
 
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        return len(self.study.get_trials(deepcopy=False, states=(OptunaState.COMPLETE, OptunaState.PRUNED)))
 
-    def open_trials_bar(self):
+    def open_trials_bar(self) -> None:
         self.progress.bar = self.progress.bar_for(self.options.trials, min(self.finished_trials(), self.options.trials), "trials", "trial")
-        self.update_bar()
-
-    def update_bar(self, running: str | None = None) -> None:
-        bar = self.progress.bar
-        if bar is None:
-            return
-        front = compute_front(self.records)
-        best = max((r.metrics["val_acc"] for r in front), default=float("nan"))
-        over = sum(r.state == "infeasible" for r in self.records)
-        postfix = {"front": len(front), "best_val": f"{best:.3f}", "over_budget": over}
-        if running:
-            postfix["now"] = running
-        bar.set_postfix(postfix)
-
-    def start_trial(self, number: int, key: str, plan: TrialPlan, tags: dict[str, Any] | None = None) -> str:
-        return self.tracker.start_trial(self.parent_id, number, key, plan.config.student.name, plan.params, plan.ops, plan.feasible, tags)
-
-    def record_trial(self, run_id: str, number: int, plan: TrialPlan, state: str, result: TrainResult | None,
-                     error: str | None = None, tags: dict[str, Any] | None = None, status: str | None = None,
-                     partial: dict[str, float] | None = None, epochs_done: int = 0) -> None:
-        """Finish the trial's MLflow run and keep its record for the progress bar and the front.
-
-        ``partial`` holds what a trial stopped early got to (its last validation accuracy) and
-        ``epochs_done`` how far it got; neither counts for the front, which wants full fidelity.
-        """
-        epochs = result.epochs_done if result else epochs_done
-        self.tracker.finish_trial(run_id, state, result, plan.config.to_dict() if result else None, error, tags, status,
-                                  metrics=partial, epochs=epochs)
-        metrics = result.metrics() if result else {"macs": float(plan.ops.macs), "flops": float(plan.ops.flops),
-                                                   "params": float(plan.ops.params), **(partial or {})}
-        record = TrialRecord(run_id, f"t{number:03d}-{plan.config.student.name}", number, state, plan.feasible,
-                             epochs, plan.config.epochs, metrics,
-                             {k: str(v) for k, v in plan.params.items()}, node=(tags or {}).get("rkd.node"))
-        self.records = [r for r in self.records if r.run_id != run_id] + [record]
-        if self.progress.bar is not None and state != "failed":
-            self.progress.bar.update(1)
-        self.update_bar()
+        self.recorder.update_bar()
 
     # -- 4. finish: the front ---------------------------------------------------------------------------
-    def finish(self, status: str = "FINISHED") -> list[TrialRecord]:
-        if self.progress.bar is not None:
-            self.progress.bar.close()
-            self.progress.bar = None
-        records = self.tracker.trial_records(self.parent_id)
-        front = compute_front(records)
-        self.tracker.mark_front(self.parent_id, records, {r.run_id for r in front})
-        csv_path = write_csv(front, self.output / "pareto.csv")
-        title = f"{self.options.dataset}, budget {self.options.budget} ({len(records)} trials)"
-        png_path = plot_front(records, front, self.options.budget.macs, self.output / "pareto.png", title)
-        self.tracker.log_parent_files(self.parent_id, [csv_path, png_path])
-        trained = [r for r in records if r.state in ("complete", "pruned")]
-        over = [r for r in records if r.state == "infeasible"]
+    def finish(self, completed: bool = True) -> list[TrialRecord]:
+        self.progress.close()
+        recorder = self.recorder
+        recorder.reload()
+        records = recorder.records
+        front = recorder.update_front()
+        trained = [r for r in records if r.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        over = [r for r in records if r.state is TrialState.INFEASIBLE]
+        failed = [r for r in records if r.state is TrialState.FAILED]
+        paused = [r for r in records if r.state is TrialState.PAUSED]
         attempted = len(trained) + len(over)
         summary = {
-            "trials_done": float(len(trained) + len(over)),
+            "trials_done": float(attempted),
             "trials_trained": float(len(trained)),
             "trials_over_budget": float(len(over)),
             "over_budget_share": len(over) / attempted if attempted else 0.0,
-            "front_size": float(len(front)),
+            "trials_failed": float(len(failed)),
+            "student_epochs": float(recorder.student_epochs),
         }
         if front:
             summary["best_val_acc"] = max(r.metrics["val_acc"] for r in front)
         self.tracker.log_metrics(self.parent_id, summary)
-        self.tracker.end_search(self.parent_id, status)
-        write = self.progress.write
-        write(f"\nBudget {self.options.budget} = {UNIT_NOTE}.")
-        write(f"{len(records)} trials: {len(trained)} trained, {len(over)} over budget and never trained "
+        if failed and not attempted:
+            self.tracker.end_search(self.parent_id, "FAILED")
+            last = failed[-1]
+            raise SearchError(f"every trial failed ({len(failed)}), none finished: see the rkd.error tag of run "
+                              f"{last.run_id} ({last.name}) in MLflow; nothing to put on a front")
+        if not completed:
+            self.tracker.set_tags(self.parent_id, {"rkd.stopped": "timeout"})
+        self.tracker.end_search(self.parent_id, "FINISHED")
+        o, write = self.options, self.progress.write
+        write(f"\nBudget {o.budget} = {UNIT_NOTE}.")
+        write(f"{len(records)} trials: {len(trained)} trained, {len(over)} over budget or a limit and never trained "
               f"({100 * summary['over_budget_share']:.0f}% of candidates), "
-              f"{sum(r.state == 'pruned' for r in records)} stopped early, {sum(r.state == 'failed' for r in records)} failed.")
+              f"{sum(r.state is TrialState.PRUNED for r in records)} stopped early, {len(failed)} failed"
+              + (f", {len(paused)} paused" if paused else "") + ".")
         write(f"Pareto front (validation accuracy vs MACs), tagged rkd.pareto=true in MLflow experiment "
               f"{self.settings.experiment!r} at {self.settings.tracking_uri}:")
         write(front_table(front))
-        write(f"Front table: {csv_path}; plot: {png_path}. Export a student with: rkd-search export RUN_ID")
+        write(f"Front table: {self.output / 'pareto.csv'}; plot: {self.output / 'pareto.png'}. "
+              "Export a student with: rkd-search export RUN_ID")
+        if not completed:
+            done = sum(r.state.finished for r in records)
+            write(f"stopped after --timeout: {done} of {o.trials} trials finished"
+                  + (f", {len(paused)} paused with checkpoints" if paused else "")
+                  + ". Rerun the same command to continue.")
         return front
 
     def interrupted(self) -> None:
-        if self.progress.bar is not None:
-            self.progress.bar.close()
-            self.progress.bar = None
+        self.progress.close()
         if self.tracker is not None and self.parent_id is not None:
             self.tracker.end_search(self.parent_id, "KILLED")
         done = self.finished_trials() if hasattr(self, "study") else 0
@@ -434,18 +408,27 @@ class Search:
 def run_search(options: SearchOptions) -> list[TrialRecord]:
     search = Search(options)
     search.validate()
+    if options.backend == "ray":
+        from . import ray_backend as backend
+    else:
+        from . import optuna_backend as backend  # type: ignore[no-redef]
+    session = backend.connect(options, search.output) if options.backend == "ray" else None
     try:
         search.setup()
-        if options.backend == "ray":
-            from .ray_backend import run_trials
-        else:
-            from .optuna_backend import run_trials
-        run_trials(search)
+        search.announce()
+        search.open_trials_bar()
+        loop = search.loop()
+        completed = backend.run_trials(loop, session) if session is not None else backend.run_trials(loop)
+        return search.finish(completed)
     except KeyboardInterrupt:
         search.interrupted()
         raise
     except BaseException:
+        search.progress.close()
         if search.tracker is not None and search.parent_id is not None:
             search.tracker.end_search(search.parent_id, "FAILED")
         raise
-    return search.finish()
+    finally:
+        if session is not None:
+            session.close()
+        search.lock.release()

@@ -1,35 +1,58 @@
-"""Export a trained student from MLflow: TorchScript, and ONNX where the onnx package is installed."""
+"""Export a trained student from MLflow so it can be fed and shipped: ONNX (checked against PyTorch
+with ONNX Runtime), TorchScript, optionally int8, and ``student.json`` with its preprocessing.
+
+``student.json`` holds everything needed to feed the model: input shape and layout, channel
+order, scale, mean and std (or that the model takes raw uint8 images, ``--raw-input``), the class
+names in output order, and its costs (MACs, parameters, peak activation memory, latency).
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from trainer import ModelSpec, build_model
+from rkd_search.trainer import DataError, ModelSpec, build_model, load_dataset
+from rkd_search.trainer.data import normalize
+from rkd_search.trainer.deploy import LatencyCache, export_onnx, onnx_predict, quantize_int8
 
-from .errors import UsageError
+from .errors import SearchError, UsageError
+from .records import TrialState
 from .tracking import Tracker
 
 
-def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[str, ...] = ("torchscript", "onnx")) -> dict[str, Path]:
-    """Write the student of child run ``run_id`` into ``folder``; returns the files written.
+@dataclass
+class Exported:
+    files: dict[str, Path] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
 
-    The weights are read with ``weights_only=True`` (no pickled code runs). ``student.json`` records
-    the architecture, MACs (thop), FLOPs, parameters and accuracies next to the exported files.
-    """
+
+def _student_of(tracker: Tracker, run_id: str) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor]]:
     try:
         run = tracker.client.get_run(run_id)
     except Exception:
         raise UsageError(f"no MLflow run {run_id!r} at {tracker.settings.tracking_uri}: pass a run id from `rkd-search pareto`") from None
-    state = run.data.tags.get("rkd.state")
-    if state not in ("complete", "pruned"):
-        what = "a search's parent run" if run.data.tags.get("rkd.role") == "search" else f"a trial in state {state}"
-        raise UsageError(f"run {run_id} is {what}, with no trained student: pick a run tagged rkd.pareto=true (rkd-search pareto)")
+    tags = run.data.tags
+    if tags.get("rkd.role") == "search":
+        raise UsageError(f"run {run_id} is a search's parent run, with no trained student: pick a run tagged "
+                         "rkd.pareto=true (rkd-search pareto)")
+    state = tags.get("rkd.state")
+    if state != TrialState.COMPLETE:
+        why = {TrialState.INFEASIBLE: "was over a limit and never trained",
+               TrialState.PRUNED: f"was stopped at {tags.get('rkd.epochs', '?')} epochs by multi-fidelity, and its weights were not kept",
+               TrialState.FAILED: "failed (see its rkd.error tag)",
+               TrialState.PAUSED: "is paused at a rung, not fully trained",
+               TrialState.RUNNING: "is still training"}.get(state, f"is in state {state}")
+        raise UsageError(f"run {run_id} ({run.info.run_name}) {why}: it has no trained student to export; "
+                         "pick a run tagged rkd.pareto=true (rkd-search pareto)")
     with tempfile.TemporaryDirectory() as download:
         try:
             local = Path(tracker.client.download_artifacts(run_id, "student", download))
@@ -37,41 +60,138 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
             raise UsageError(f"cannot download the student of run {run_id} ({type(error).__name__}): is the artifact store reachable?") from None
         meta = json.loads((local / "spec.json").read_text())
         state_dict = torch.load(local / "weights.pt", map_location="cpu", weights_only=True)
+    if not all(torch.isfinite(t).all() for t in state_dict.values() if t.is_floating_point()):
+        raise UsageError(f"run {run_id} holds weights that are not finite (a diverged student): nothing worth exporting")
+    return run, meta, state_dict
+
+
+def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[str, ...] = ("onnx", "torchscript"), *,
+                   raw_input: bool = False, int8: bool = False, calibration_images: int = 512,
+                   data_dir: str | None = None, cache_dir: str | Path | None = None) -> Exported:
+    """Write the student of child run ``run_id`` into ``folder``.
+
+    The weights are read with ``weights_only=True`` (no pickled code runs). The ONNX model is run
+    with ONNX Runtime on a random batch and must give PyTorch's logits. With ``int8`` the dataset
+    of the search is loaded to calibrate on training images and to measure the fp32 and int8 ONNX
+    models' test accuracy, which are logged on the run.
+    """
+    run, meta, state_dict = _student_of(tracker, run_id)
     spec = ModelSpec.from_dict(meta["spec"])
     model = build_model(spec).eval()
     model.load_state_dict(state_dict)
-    example = torch.zeros(1, *meta.get("input_shape", (spec.in_channels, 32, 32)))
-
+    input_shape = tuple(meta.get("input_shape", (spec.in_channels, 32, 32)))
+    preprocessing = meta.get("preprocessing")
+    if (raw_input or int8) and preprocessing is None:
+        raise UsageError(f"run {run_id} records no preprocessing (made by an older rkd-search): export it without --raw-input and --int8")
+    exported = Exported()
     folder.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
+    if "onnx" in formats:
+        path = export_onnx(model, input_shape, folder / "student.onnx", raw_input=raw_input,
+                           mean=preprocessing and preprocessing["mean"], std=preprocessing and preprocessing["std"])
+        exported.files["onnx"] = path
+        difference = _check_onnx(model, path, input_shape, raw_input, preprocessing)
     if "torchscript" in formats:
         path = folder / "student.torchscript.pt"
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still the portable format
-            torch.jit.trace(model, example).save(str(path))
-        written["torchscript"] = path
-    if "onnx" in formats and importlib.util.find_spec("onnx") is not None:
-        path = folder / "student.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-        written["onnx"] = path
-    summary = {
+            warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, still a portable format
+            torch.jit.trace(model, torch.zeros(1, *input_shape)).save(str(path))
+        exported.files["torchscript"] = path
+
+    metrics = run.data.metrics
+    latency = metrics.get("latency_ms")
+    if latency is None:
+        latency = LatencyCache(cache_dir)(spec, input_shape[-1])
+    summary: dict[str, Any] = {
         "run_id": run_id,
         "run_name": run.info.run_name,
         "student": spec.name,
         "spec": spec.to_dict(),
-        "input_shape": list(example.shape[1:]),
+        "input": {
+            "shape": [1, *input_shape], "layout": "NCHW", "batch": "dynamic",
+            "dtype": "uint8" if raw_input else "float32",
+            "channel_order": (preprocessing or {}).get("channel_order", "RGB"),
+            "normalization_in_model": raw_input,
+            "preprocessing": "none: feed uint8 pixels (0-255)" if raw_input else "x = (pixels / 255 - mean) / std, per channel",
+            "mean": (preprocessing or {}).get("mean"),
+            "std": (preprocessing or {}).get("std"),
+        },
+        "output": {"name": "logits", "classes": meta.get("classes")},
         "macs": meta["macs"],
         "macs_unit": "multiply-accumulates per image, thop (what NAS papers call FLOPs)",
         "flops": meta["flops"],
         "params": meta["params"],
-        "val_acc": run.data.metrics.get("val_acc"),
-        "test_acc": run.data.metrics.get("test_acc"),
-        "files": {k: v.name for k, v in written.items()},
+        "activation_bytes": int(metrics["activation_bytes"]) if "activation_bytes" in metrics else None,
+        "activation_bytes_note": "peak live activations at batch 1, fp32 (int8: a quarter)",
+        "latency_ms": latency,
+        "latency_note": "median batch-1 latency on the search machine's CPU, ONNX Runtime, 1 thread",
+        "val_acc": metrics.get("val_acc"),
+        "test_acc": metrics.get("test_acc"),
     }
+    if "onnx" in formats:
+        summary["onnx_max_abs_difference"] = difference
+    if int8:
+        data = _dataset_of(tracker, run, data_dir, cache_dir)
+        exported.accuracy, exported.files["onnx_int8"] = _int8(exported.files["onnx"], data, folder, raw_input, preprocessing,
+                                                                calibration_images)
+        summary.update({f"{kind}_test_acc": value for kind, value in exported.accuracy.items()})
+        summary["int8_drop"] = exported.accuracy["onnx"] - exported.accuracy["onnx_int8"]
+        tracker.log_metrics(run_id, {"onnx_test_acc": exported.accuracy["onnx"], "int8_test_acc": exported.accuracy["onnx_int8"],
+                                     "int8_drop": summary["int8_drop"]})
+    summary["files"] = {k: v.name for k, v in exported.files.items()}
     (folder / "student.json").write_text(json.dumps(summary, indent=2))
-    written["json"] = folder / "student.json"
+    exported.files["json"] = folder / "student.json"
+    exported.summary = summary
     tracker.set_tags(run_id, {"rkd.exported": str(folder)})
-    return written
+    return exported
+
+
+def _feed(images: torch.Tensor, raw_input: bool, preprocessing: dict | None) -> np.ndarray:
+    """uint8 images as the exported model takes them."""
+    if raw_input:
+        return images.numpy()
+    return normalize(images, tuple(preprocessing["mean"]), tuple(preprocessing["std"])).numpy()
+
+
+def _check_onnx(model, path: Path, input_shape, raw_input: bool, preprocessing: dict | None) -> float:
+    """ONNX Runtime's logits against PyTorch's on random images; refuses a model that differs."""
+    images = torch.randint(0, 256, (8, *input_shape), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    if preprocessing is None:
+        feed = torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
+        expected = model(feed).detach().numpy()
+        got = onnx_predict(path, feed.numpy())
+    else:
+        with torch.no_grad():
+            expected = model(torch.from_numpy(_feed(images, False, preprocessing))).numpy()
+        got = onnx_predict(path, _feed(images, raw_input, preprocessing))
+    difference = float(np.abs(expected - got).max())
+    if not math.isfinite(difference) or difference > 1e-3 * max(1.0, float(np.abs(expected).max())):
+        raise SearchError(f"the ONNX export of {path.name} differs from PyTorch by {difference:g}: not written correctly")
+    return difference
+
+
+def _dataset_of(tracker: Tracker, run, data_dir: str | None, cache_dir):
+    parent = tracker.client.get_run(run.data.tags["mlflow.parentRunId"])
+    params = parent.data.params
+    try:
+        data = load_dataset(params["dataset"], data_dir or params.get("data_dir") or None, seed=int(params.get("seed", 0)),
+                            cache_dir=cache_dir)
+    except DataError as error:
+        raise UsageError(f"--int8 needs the search's dataset: {error}") from None
+    if data.fingerprint != params.get("dataset.fingerprint"):
+        raise UsageError(f"the dataset at {data_dir or params.get('data_dir')} is not the one the search used "
+                         "(its fingerprint differs): pass --data-dir with the search's data")
+    return data
+
+
+def _int8(onnx_path: Path, data, folder: Path, raw_input: bool, preprocessing: dict, count: int) -> tuple[dict[str, float], Path]:
+    """Quantize, calibrating on ``count`` training images, and measure fp32 and int8 test accuracy."""
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randperm(len(data.train_labels), generator=generator)[:count]
+    calibration = _feed(data.train_images[index].cpu(), raw_input, preprocessing)
+    batches = [calibration[i:i + 64] for i in range(0, len(calibration), 64)]
+    int8_path = quantize_int8(onnx_path, folder / "student.int8.onnx", batches)
+    test = _feed(data.test_images.cpu(), raw_input, preprocessing)
+    labels = data.test_labels.cpu().numpy()
+    accuracy = {kind: float((onnx_predict(path, test).argmax(1) == labels).mean())
+                for kind, path in (("onnx", onnx_path), ("onnx_int8", int8_path))}
+    return accuracy, int8_path

@@ -1,39 +1,138 @@
-"""The objective every back-end shares: define a trial on the driver, train it where it runs.
+"""The objective every back-end shares, and the narrow interface a trial loop works through.
 
-``define`` is the define-by-run half: it turns a sampler's trial into a ``TrialPlan`` and sets the
-budget constraint (Optuna 5's ``trial.set_constraint``; feasible when <= 0) on every trial, so the
-sampler learns from over-budget students without their ever being trained. ``train`` is the
-other half: a plain call into ``trainer.fit`` with the shared data and teacher targets.
+``Objective.define`` is the define-by-run half: it turns a sampler's trial into a ``TrialPlan``
+and sets one constraint per limit (Optuna 5's ``trial.set_constraint``; feasible when <= 0) on
+every trial, so the sampler learns from over-limit students without their ever being trained.
+Training is the other half: a plain call into ``trainer.fit`` with the shared data and teacher
+targets (``train_student``).
+
+A back-end's trial loop receives a ``TrialLoop``: the study, the objective, the recorder (progress
+bar and MLflow), the shared data and teacher targets, the ``LoopOptions`` it reads, and the
+``train`` function (a stub in the loops' own tests). It never sees the ``Search`` that built it.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-from spaces import SearchSpace, TrialContext, TrialPlan
-from trainer import EpochReport, ImageDataset, TeacherTargets, TrainConfig, TrainResult, fit
+from rkd_search.spaces import SearchSpace, TrialContext, TrialPlan
+from rkd_search.trainer import EpochReport, ImageDataset, ModelSpec, TeacherTargets, TrainConfig, TrainResult, TrainState, fit
 
-CONSTRAINT = "macs_over_budget"
+if TYPE_CHECKING:
+    import optuna
+
+    from .recorder import Recorder
+
 OBJECTIVES = ("val_acc", "macs")
 DIRECTIONS = ("maximize", "minimize")
 
+# Constraint names (Optuna keeps them in this order), each the relative excess over its limit.
+MACS, PARAMS, MEMORY, LATENCY = "macs_over_budget", "params_over_limit", "activation_memory_over_limit", "latency_over_limit"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a student must fit: the MAC budget, and optionally parameters, peak activation memory
+    (bytes, batch 1, fp32) and median batch-1 latency on this machine's CPU (ms)."""
+
+    budget_macs: float
+    max_params: float | None = None
+    max_activation_bytes: float | None = None
+    max_latency_ms: float | None = None
+
+    def violations(self, plan: TrialPlan) -> dict[str, float]:
+        """One entry per limit in force: (value - limit) / limit, feasible when <= 0."""
+        values = {MACS: plan.budget_violation}
+        for name, limit, value in ((PARAMS, self.max_params, plan.ops.params),
+                                   (MEMORY, self.max_activation_bytes, plan.activation_bytes),
+                                   (LATENCY, self.max_latency_ms, plan.measures.get("latency_ms"))):
+            if limit is not None:
+                values[name] = (value - limit) / limit if value is not None and math.isfinite(value) else math.inf
+        return values
+
+
+Train = Callable[..., TrainResult]
+
+
+def train_student(config: TrainConfig, data: ImageDataset, targets: TeacherTargets,
+                  report: Callable[[EpochReport], bool | None] | None = None, device=None,
+                  resume: TrainState | None = None, until: int | None = None) -> TrainResult:
+    """A trial's training: ``fit`` with the search's teacher targets."""
+    return fit(config, data, teacher=targets, report=report, device=device, resume=resume, until=until)
+
 
 class Objective:
-    def __init__(self, space: SearchSpace, context: TrialContext) -> None:
+    def __init__(self, space: SearchSpace, context: TrialContext, limits: Limits,
+                 latency: Callable[[ModelSpec], float] | None = None) -> None:
         self.space = space
         self.context = context
+        self.limits = limits
+        self.latency = latency
 
     def define(self, trial) -> TrialPlan:
+        """The trial's plan, its costs measured and every limit set as a constraint (on every trial)."""
         plan = self.space.suggest(trial, self.context)
-        trial.set_constraint(CONSTRAINT, plan.budget_violation)
+        if self.latency is not None:
+            plan.measures["latency_ms"] = self.latency(plan.config.student)
+        plan.constraints = self.limits.violations(plan)
+        with warnings.catch_warnings():  # a resumed trial is defined again: same parameters, same constraints
+            warnings.filterwarnings("ignore", message="The constraint value is ignored")
+            for name, value in plan.constraints.items():
+                trial.set_constraint(name, float(min(value, 1e9)))
+        if hasattr(trial, "set_user_attr"):
+            trial.set_user_attr("rkd.macs", float(plan.ops.macs))
         return plan
-
-    @staticmethod
-    def train(config: TrainConfig, data: ImageDataset, targets: TeacherTargets,
-              report: Callable[[EpochReport], bool | None] | None = None, device=None) -> TrainResult:
-        return fit(config, data, teacher=targets, report=report, device=device)
 
     @staticmethod
     def infeasible_values(plan: TrialPlan) -> list[float]:
         """What the sampler is told for a student that was never trained: no accuracy, its MACs."""
         return [0.0, float(plan.ops.macs)]
+
+    @staticmethod
+    def values(result: TrainResult) -> list[float]:
+        return [result.val_acc, float(result.macs)]
+
+
+@dataclass
+class LoopOptions:
+    """What the trial loops read of the search's options."""
+
+    trials: int
+    epochs: int
+    rungs: list[int]
+    """Epochs at which trials are compared; ``[epochs]`` without multi-fidelity."""
+    eta: int = 3
+    device: Any = None
+    checkpoints: Path | None = None
+    """Where paused trials keep their training state (multi-fidelity)."""
+    deadline: float | None = None
+    """``time.monotonic()`` after which no new work starts (``--timeout``)."""
+    max_student_epochs: int | None = None
+    """A compute budget: no new work starts once the search's trials trained this many epochs in all."""
+    max_consecutive_failures: int = 3
+
+    @property
+    def multi_fidelity(self) -> bool:
+        return len(self.rungs) > 1
+
+    def out_of_time(self, student_epochs: int) -> bool:
+        """The deadline or the compute budget is reached: start no new work."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return True
+        return self.max_student_epochs is not None and student_epochs >= self.max_student_epochs
+
+
+@dataclass
+class TrialLoop:
+    study: "optuna.Study"
+    objective: Objective
+    recorder: "Recorder"
+    data: ImageDataset
+    targets: TeacherTargets
+    options: LoopOptions
+    train: Train = field(default=train_student)

@@ -7,20 +7,11 @@ from pathlib import Path
 from typing import Sequence
 
 from .budget import format_ops
-from .pareto import pareto_front
-from .tracking import TrialRecord
+from .records import TrialRecord, TrialState
 
-COLUMNS = ("trial", "student", "val_acc", "test_acc", "macs", "params", "teacher_agreement", "run_id")
-
-
-def compute_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """Non-dominated trials on (validation accuracy up, MACs down).
-
-    Only trials trained for every planned epoch, within budget, take part: a trial stopped early
-    (pruned, or stopped by a scheduler) has a lower-fidelity accuracy and never enters the front.
-    """
-    eligible = [r for r in records if r.full_fidelity and "val_acc" in r.metrics]
-    return pareto_front(eligible, [r.metrics["val_acc"] for r in eligible], [r.metrics["macs"] for r in eligible])
+# The front is accuracy against MACs; the other limits' figures stand beside it.
+COLUMNS = ("trial", "student", "val_acc", "test_acc", "macs", "params", "activation_bytes", "latency_ms",
+           "teacher_agreement", "run_id")
 
 
 def _row(record: TrialRecord) -> dict[str, str]:
@@ -32,6 +23,8 @@ def _row(record: TrialRecord) -> dict[str, str]:
         "test_acc": f"{m.get('test_acc', float('nan')):.4f}",
         "macs": str(int(m.get("macs", 0))),
         "params": str(int(m.get("params", 0))),
+        "activation_bytes": str(int(m.get("activation_bytes", 0))),
+        "latency_ms": f"{m['latency_ms']:.3f}" if "latency_ms" in m else "",
         "teacher_agreement": f"{m['teacher_agreement']:.4f}" if "teacher_agreement" in m else "",
         "run_id": record.run_id,
     }
@@ -46,6 +39,7 @@ def front_table(front: Sequence[TrialRecord]) -> str:
         row = _row(record)
         row["macs"] = format_ops(float(row["macs"]))
         row["params"] = format_ops(float(row["params"]))
+        row["activation_bytes"] = format_ops(float(row["activation_bytes"])) + "B"
         rows.append(row)
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
     lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
@@ -70,14 +64,14 @@ def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], bud
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
-    trained = [r for r in records if "val_acc" in r.metrics and r.state in ("complete", "pruned")]
+    trained = [r for r in records if "val_acc" in r.metrics and r.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.PAUSED)]
     full = [r for r in trained if r.full_fidelity]
     partial = [r for r in trained if not r.full_fidelity]
-    infeasible = [r for r in records if r.state == "infeasible" and "macs" in r.metrics]
+    infeasible = [r for r in records if r.state is TrialState.INFEASIBLE and "macs" in r.metrics]
     if full:
         axes.scatter([r.metrics["macs"] / 1e6 for r in full], [r.metrics["val_acc"] for r in full], c="tab:blue", s=22, alpha=0.6, label="trained")
     if partial:
-        axes.scatter([r.metrics["macs"] / 1e6 for r in partial], [r.metrics["val_acc"] for r in partial], c="tab:gray", s=18, marker="v", alpha=0.6, label="stopped early")
+        axes.scatter([r.metrics["macs"] / 1e6 for r in partial], [r.metrics["val_acc"] for r in partial], c="tab:gray", s=18, marker="v", alpha=0.6, label="stopped early or paused (fewer epochs)")
     if infeasible:
         floor = min([r.metrics["val_acc"] for r in trained], default=0.0)
         axes.scatter([r.metrics["macs"] / 1e6 for r in infeasible], [floor] * len(infeasible), c="tab:red", marker="x", s=22, label="over budget (not trained)")
@@ -87,7 +81,8 @@ def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], bud
         axes.step(xs, ys, where="post", c="tab:orange", lw=1.5)
         axes.scatter(xs, ys, c="tab:orange", s=60, edgecolors="black", zorder=3, label="Pareto front")
         for record, x, y in zip(front, xs, ys):
-            axes.annotate(record.params.get("student.name", ""), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            axes.annotate(f"t{record.number} {record.params.get('student.name', '')}", (x, y), textcoords="offset points",
+                          xytext=(4, 4), fontsize=7)
     axes.axvline(budget_macs / 1e6, c="tab:red", ls="--", lw=1, label=f"budget {format_ops(budget_macs)} MACs")
     axes.set_xlabel("MACs per image (millions, thop)")
     axes.set_ylabel("validation accuracy")

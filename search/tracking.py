@@ -13,6 +13,8 @@ driver of any back-end can log any trial.
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
 import logging
 import os
@@ -21,22 +23,23 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from trainer import EpochReport, TrainResult
+from rkd_search.trainer import EpochReport, TrainResult
 
 from .errors import UsageError
+from .records import TrialRecord, TrialState
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "rkd-search"
-STATES = ("complete", "infeasible", "pruned", "failed")
-_RUN_STATUS = {"complete": "FINISHED", "infeasible": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql", "oracle")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,12 @@ class TrackingSettings:
     tracking_uri: str
     experiment: str
     artifact_location: str | None = None
+
+    @property
+    def store_id(self) -> str:
+        """The store, comparable across working folders: a SQLite file by its absolute path."""
+        db = sqlite_path(self.tracking_uri)
+        return f"sqlite:///{db.resolve()}" if db is not None else self.tracking_uri.rstrip("/")
 
 
 def resolve_settings(config_path: str | None = None, tracking_uri: str | None = None, experiment: str | None = None) -> TrackingSettings:
@@ -99,6 +108,33 @@ def check_reachable(settings: TrackingSettings, create: bool = True) -> None:
         _check_sqlite_writable(path)
     elif uri.startswith("file:") or "://" not in uri:
         raise UsageError(f"tracking URI {uri} is a plain file store, which MLflow 3 refuses: use sqlite:///path/to/mlflow.db")
+    elif uri.split("://")[0].split("+")[0] in _DATABASE_SCHEMES:
+        _check_database(uri)
+    else:
+        raise UsageError(f"tracking URI {uri}: use sqlite:///path/to/mlflow.db, http(s)://HOST:PORT of an mlflow server, "
+                         f"or a database URI ({', '.join(_DATABASE_SCHEMES)})")
+
+
+def _check_database(uri: str) -> None:
+    """A database store needs its SQLAlchemy driver installed and the server answering."""
+    import sqlalchemy
+
+    shown = uri.split("@")[-1]  # never print a password
+    try:
+        engine = sqlalchemy.create_engine(uri)
+    except ModuleNotFoundError as error:
+        raise UsageError(f"tracking URI ...@{shown} needs the database driver {error.name!r}: pip install it "
+                         "(e.g. psycopg2-binary for postgresql, pymysql for mysql+pymysql)") from None
+    except Exception as error:
+        raise UsageError(f"tracking URI ...@{shown} is not a database URI SQLAlchemy understands ({type(error).__name__})") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as error:
+        reason = str(getattr(error, "orig", error)).splitlines()[0][:200]
+        raise UsageError(f"cannot connect to the tracking database ...@{shown} ({reason}): start it, or pass --tracking-uri sqlite:///mlflow.db") from None
+    finally:
+        engine.dispose()
 
 
 def _check_sqlite_writable(path: Path) -> None:
@@ -120,38 +156,25 @@ def _check_sqlite_writable(path: Path) -> None:
         raise UsageError(f"cannot create the MLflow store {path} ({folder} is not a writable folder): {fix}")
 
 
-@dataclass
-class TrialRecord:
-    """One child run, as the Pareto front and the CLI's tables see it."""
-
-    run_id: str
-    name: str
-    number: int
-    state: str
-    feasible: bool
-    epochs: int
-    epochs_planned: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
-    pareto: bool | None = None
-    node: str | None = None
-
-    @property
-    def full_fidelity(self) -> bool:
-        return self.state == "complete" and self.feasible and self.epochs >= self.epochs_planned > 0
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _flatten(prefix: str, value: Any) -> dict[str, str]:
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for key, inner in value.items():
-            out.update(_flatten(f"{prefix}.{key}" if prefix else str(key), inner))
-        return out
-    return {prefix: str(value)}
+@contextmanager
+def _store_lock(settings: TrackingSettings):
+    """Serialise the creation of a SQLite store between processes: two searches starting at once on a
+    fresh ``mlflow.db`` would otherwise both create its schema (``duplicate column name``)."""
+    db = sqlite_path(settings.tracking_uri)
+    if db is None:
+        yield
+        return
+    db.absolute().parent.mkdir(parents=True, exist_ok=True)
+    with open(db.absolute().with_name(f".{db.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Tracker:
@@ -159,21 +182,24 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.settings = settings
-        db = sqlite_path(settings.tracking_uri)
-        if db is not None:
-            db.absolute().parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=settings.tracking_uri)
-        experiment = self.client.get_experiment_by_name(settings.experiment)
-        if experiment is None:
-            location = settings.artifact_location
-            db = sqlite_path(settings.tracking_uri)
-            if location is None and db is not None:
-                location = (db.resolve().parent / "mlartifacts").as_uri()
-            self.experiment_id = self.client.create_experiment(settings.experiment, artifact_location=location)
-        else:
-            if experiment.lifecycle_stage == "deleted":
-                raise UsageError(f"MLflow experiment {settings.experiment!r} is deleted: restore it or pass another --experiment")
-            self.experiment_id = experiment.experiment_id
+        with _store_lock(settings):
+            self.client = MlflowClient(tracking_uri=settings.tracking_uri)
+            experiment = self.client.get_experiment_by_name(settings.experiment)
+            if experiment is None:
+                location = settings.artifact_location
+                db = sqlite_path(settings.tracking_uri)
+                if location is None and db is not None:
+                    location = (db.resolve().parent / "mlartifacts").as_uri()
+                try:
+                    self.experiment_id = self.client.create_experiment(settings.experiment, artifact_location=location)
+                except Exception:  # created meanwhile by another process (a server store)
+                    experiment = self.client.get_experiment_by_name(settings.experiment)
+                    if experiment is None:
+                        raise
+            if experiment is not None:
+                if experiment.lifecycle_stage == "deleted":
+                    raise UsageError(f"MLflow experiment {settings.experiment!r} is deleted: restore it or pass another --experiment")
+                self.experiment_id = experiment.experiment_id
 
     # -- generic helpers ------------------------------------------------------------------------
     def _log(self, run_id: str, metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
@@ -198,6 +224,12 @@ class Tracker:
     def search(self, filter_string: str, order_by: list[str] | None = None, max_results: int = 5000):
         return self.client.search_runs([self.experiment_id], filter_string, max_results=max_results, order_by=order_by)
 
+    def run_exists(self, run_id: str) -> bool:
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except Exception:
+            return False
+
     # -- teacher ------------------------------------------------------------------------------------
     def teacher_run(self, digest: str, name: str, params: dict[str, Any], metrics: dict[str, float], checkpoint: Path | None) -> str:
         """The teacher's own run (not nested), found by its weights' digest or created once."""
@@ -213,14 +245,9 @@ class Tracker:
 
     # -- the search's parent run ---------------------------------------------------------------------
     def start_search(self, name: str, params: dict[str, Any], tags: dict[str, Any], files: dict[str, str], resume_id: str | None = None) -> str:
-        if resume_id:
-            try:
-                run = self.client.get_run(resume_id)
-                if run.info.lifecycle_stage == "active":
-                    self.client.update_run(resume_id, status="RUNNING")
-                    return resume_id
-            except Exception:
-                log.warning("parent run %s not found at %s; starting a new one", resume_id, self.settings.tracking_uri)
+        if resume_id and self.run_exists(resume_id):
+            self.client.update_run(resume_id, status="RUNNING")
+            return resume_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags={"rkd.role": "search", **{k: str(v) for k, v in tags.items()}})
         self._log(run.info.run_id, params=params)
         self._log_files(run.info.run_id, files)
@@ -231,14 +258,14 @@ class Tracker:
 
     # -- trials --------------------------------------------------------------------------------------
     def find_trial(self, parent_id: str, key: str) -> str | None:
-        """The child run already recorded for a trial key (used to avoid duplicates after a restore)."""
+        """The child run already recorded for a trial key (a resumed or restored trial keeps its run)."""
         runs = self.search(f"tags.mlflow.parentRunId = '{parent_id}' and tags.`rkd.trial_key` = '{key}'")
         return runs[0].info.run_id if runs else None
 
-    def start_trial(self, parent_id: str, number: int, key: str, name: str, params: dict[str, Any], ops, feasible: bool,
-                    tags: dict[str, Any] | None = None) -> str:
+    def start_trial(self, parent_id: str, number: int, key: str, name: str, params: dict[str, Any],
+                    metrics: dict[str, float], feasible: bool, tags: dict[str, Any] | None = None) -> str:
         existing = self.find_trial(parent_id, key)
-        run_tags = {"mlflow.parentRunId": parent_id, "rkd.trial": number, "rkd.trial_key": key, "rkd.state": "running",
+        run_tags = {"mlflow.parentRunId": parent_id, "rkd.trial": number, "rkd.trial_key": key, "rkd.state": TrialState.RUNNING,
                     "rkd.feasible": str(feasible).lower(), **(tags or {})}
         if existing:
             run_id = existing
@@ -246,7 +273,7 @@ class Tracker:
         else:
             run_id = self.client.create_run(self.experiment_id, run_name=f"t{number:03d}-{name}", tags={"mlflow.parentRunId": parent_id}).info.run_id
             self._log(run_id, params=params)
-        self._log(run_id, metrics={"macs": ops.macs, "flops": ops.flops, "params": ops.params}, tags=run_tags)
+        self._log(run_id, metrics=metrics, tags=run_tags)
         return run_id
 
     def log_epoch(self, run_id: str, report: EpochReport) -> None:
@@ -255,26 +282,25 @@ class Tracker:
         metrics.update({f"epoch.loss.{name}": value for name, value in report.loss_parts.items()})
         self._log(run_id, metrics=metrics, step=report.epoch)
 
-    def finish_trial(self, run_id: str, state: str, result: TrainResult | None = None, config: dict[str, Any] | None = None,
+    def finish_trial(self, run_id: str, state: TrialState, result: TrainResult | None = None, student: dict[str, Any] | None = None,
                      error: str | None = None, tags: dict[str, Any] | None = None, status: str | None = None,
                      metrics: dict[str, float] | None = None, epochs: int = 0) -> None:
-        """End a trial's run: final metrics, the student as artifacts, its tags and status.
+        """End (or pause) a trial's run: its metrics, the student as artifacts, its tags and status.
 
-        Without a ``result`` (over budget, stopped early, failed), ``metrics`` and ``epochs`` say
-        how far it got.
+        With a finished ``result``, ``student`` (the spec, config and preprocessing of
+        ``spec.json``) and the weights are logged. Without one (over budget, stopped early, failed,
+        paused), ``metrics`` and ``epochs`` say how far it got.
         """
-        assert state in STATES, state
+        state = TrialState(state)
         run_tags = {"rkd.state": state, **(tags or {})}
         metrics = dict(metrics or {})
         if result is not None:
             metrics.update(result.metrics())
             run_tags["rkd.epochs"] = result.epochs_done
             files: dict[str, bytes | str] = {"spec.json": json.dumps(
-                {"format": "rkd-search/student-v1", "spec": result.spec.to_dict(), "config": config,
+                {"format": "rkd-search/student-v1", "spec": result.spec.to_dict(), **(student or {}),
                  "input_shape": list(result.input_shape),
                  "macs": result.macs, "flops": result.flops, "params": result.params}, indent=2)}
-            import io
-
             import torch
 
             buffer = io.BytesIO()
@@ -286,7 +312,11 @@ class Tracker:
         if error:
             run_tags["rkd.error"] = error[:5000]
         self._log(run_id, metrics=metrics, tags=run_tags)
-        self.client.set_terminated(run_id, status or _RUN_STATUS[state])
+        run_status = status or state.run_status
+        if run_status in ("RUNNING", "SCHEDULED"):
+            self.client.update_run(run_id, status=run_status)
+        else:
+            self.client.set_terminated(run_id, run_status)
 
     # -- reading back ---------------------------------------------------------------------------------
     def trial_records(self, parent_id: str) -> list[TrialRecord]:
@@ -298,7 +328,7 @@ class Tracker:
                 run_id=run.info.run_id,
                 name=run.info.run_name,
                 number=int(tags.get("rkd.trial", -1)),
-                state=tags.get("rkd.state", "failed"),
+                state=tags.get("rkd.state", TrialState.FAILED),
                 feasible=tags.get("rkd.feasible") == "true",
                 epochs=int(tags.get("rkd.epochs", 0) or 0),
                 epochs_planned=int(data.params.get("train.epochs", 0) or 0),
@@ -306,6 +336,7 @@ class Tracker:
                 params=dict(data.params),
                 pareto=None if pareto is None else pareto == "true",
                 node=tags.get("rkd.node"),
+                learned=tags.get("rkd.learned", "true") == "true",
             ))
         return sorted(records, key=lambda r: r.number)
 
@@ -321,10 +352,13 @@ class Tracker:
                              "pass the --tracking-uri, --experiment and --output the search used")
         return runs[0].info.run_id
 
-    def mark_front(self, parent_id: str, records: Iterable[TrialRecord], front_ids: set[str]) -> None:
+    def mark_front(self, records: Iterable[TrialRecord], front_ids: set[str]) -> None:
+        """Tag every trial ``rkd.pareto`` true or false; only the tags that change are written."""
         for record in records:
-            self.client.set_tag(record.run_id, "rkd.pareto", str(record.run_id in front_ids).lower())
-            record.pareto = record.run_id in front_ids
+            on_front = record.run_id in front_ids
+            if record.pareto is not on_front:
+                self.client.set_tag(record.run_id, "rkd.pareto", str(on_front).lower())
+                record.pareto = on_front
 
     def log_parent_files(self, parent_id: str, paths: list[Path]) -> None:
         for path in paths:
@@ -333,5 +367,5 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self._log(run_id, tags=tags)
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
-        self._log(run_id, metrics=metrics)
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        self._log(run_id, metrics=metrics, step=step)

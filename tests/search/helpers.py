@@ -14,6 +14,14 @@ RKD_SEARCH = str(Path(sys.executable).parent / "rkd-search")
 CHILD_METRICS = {"val_acc", "test_acc", "macs", "flops", "params", "teacher_agreement", "teacher_kl", "train_seconds"}
 
 
+def add_decoy_packages(folder: Path) -> None:
+    """search/, spaces/ and trainer/ folders of a user's own project, importable from ``folder``:
+    rkd-search must keep using its own (it installs them under the rkd_search namespace)."""
+    for name in ("search", "spaces", "trainer"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(f"raise ImportError('the user project\'s own {name} package was imported')\n")
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([RKD_SEARCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "RKD_CACHE_DIR": str(cwd / "cache")})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from search import UsageError, parse_budget, pareto_front
-from search.report import compute_front
-from search.tracking import TrialRecord, check_reachable, resolve_settings
+from rkd_search.search import UsageError, parse_budget, pareto_front
+from rkd_search.search.pareto import compute_front
+from rkd_search.search.records import TrialRecord
+from rkd_search.search.tracking import check_reachable, resolve_settings
 
 
 @pytest.mark.parametrize(
@@ -75,7 +76,7 @@ def test_bad_mlflow_config_names_the_key(tmp_path):
     ("sqlite:///{tmp}/garbage.db", "cannot open the MLflow store .*garbage.db"),
 ])
 def test_unreachable_tracking_uris_fail_early_and_create_nothing(tmp_path, uri, message):
-    from search.tracking import TrackingSettings
+    from rkd_search.search.tracking import TrackingSettings
 
     (tmp_path / "a-file").write_text("a file, not a folder")
     (tmp_path / "garbage.db").write_bytes(b"not a database" * 100)
@@ -86,7 +87,7 @@ def test_unreachable_tracking_uris_fail_early_and_create_nothing(tmp_path, uri, 
 
 
 def test_checking_a_new_sqlite_store_creates_nothing(tmp_path):
-    from search.tracking import TrackingSettings
+    from rkd_search.search.tracking import TrackingSettings
 
     check_reachable(TrackingSettings(f"sqlite:///{tmp_path}/new/dir/mlflow.db", "x"))
     assert list(tmp_path.iterdir()) == []

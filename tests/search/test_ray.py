@@ -1,5 +1,5 @@
 """The Ray back-end with real Ray processes: a two-node cluster started with `ray start`, a local Ray,
-Ctrl-C and resume, and ASHA's early stops kept off the Pareto front."""
+Ctrl-C and resume, and multi-fidelity's early stops (the Pareto promotion rule) kept off the Pareto front."""
 
 from __future__ import annotations
 
@@ -12,14 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import RKD_SEARCH, check_search_store, free_port, mlflow_runs, run_cli, search_args
+from .helpers import RKD_SEARCH, add_decoy_packages, check_search_store, free_port, mlflow_runs, run_cli, search_args
 
 RAY = str(Path(sys.executable).parent / "ray")
 
 
 @pytest.fixture()
-def two_node_cluster(tmp_path):
-    """A head and a worker node, one CPU each, on loopback: the commands the README gives a user."""
+def two_node_cluster(tmp_path, monkeypatch):
+    """A head and a worker node, one CPU each, on loopback: the commands the README gives a user,
+    with the cluster's token in a file of its own (RAY_AUTH_TOKEN_PATH), as on a fresh machine."""
+    import secrets
+
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
@@ -66,6 +72,7 @@ def test_search_on_a_two_node_cluster_uses_both_nodes_and_logs_like_optuna(tmp_p
 @pytest.mark.slow
 def test_interrupted_local_ray_search_resumes_without_duplicate_runs(tmp_path):
     out = tmp_path / "out"
+    add_decoy_packages(tmp_path)  # a user's own search/, spaces/, trainer/ in the working folder
     args = search_args(out, 3, "--dataset", "digits", "--backend", "ray")
     args[args.index("--epochs") + 1] = "5"
     process = subprocess.Popen([RKD_SEARCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -98,7 +105,7 @@ def test_interrupted_local_ray_search_resumes_without_duplicate_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_trials_stopped_by_asha_keep_their_fidelity_and_stay_off_the_front(tmp_path):
+def test_trials_stopped_at_a_rung_keep_their_fidelity_and_stay_off_the_front(tmp_path):
     import optuna
 
     out = tmp_path / "out"
@@ -108,7 +115,7 @@ def test_trials_stopped_by_asha_keep_their_fidelity_and_stay_off_the_front(tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     _, _, _, children = mlflow_runs(out)
     stopped = [c for c in children if c.data.tags["rkd.state"] == "pruned"]
-    assert stopped, "ASHA stopped no trial: the test needs a seed where it does"
+    assert stopped, "the promotion rule stopped no trial: the test needs a seed where it does"
     for child in stopped:
         assert int(child.data.tags["rkd.epochs"]) < 4 and child.data.tags["rkd.pareto"] == "false"
         assert "val_acc" in child.data.metrics and "test_acc" not in child.data.metrics

@@ -1,0 +1,121 @@
+"""A student exported as a user ships it: ONNX Runtime on the CIFAR-10 subset's own PNG files, fed
+through the preprocessing that ``student.json`` records and nothing else; int8; refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from .helpers import mlflow_runs, run_cli
+
+
+def _front_run(out: Path):
+    _, _, _, children = mlflow_runs(out)
+    return max((c for c in children if c.data.tags["rkd.pareto"] == "true"), key=lambda c: c.data.metrics["test_acc"])
+
+
+def _raw_test_images(cifar_dir: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The test PNGs decoded as a user would (torchvision.io), uint8 RGB (N, 3, H, W), labels by class name."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    images, labels = [], []
+    for index, name in enumerate(classes):
+        for path in sorted((cifar_dir / "test" / name).iterdir()):
+            images.append(decode_image(read_file(str(path)), mode=ImageReadMode.RGB).numpy())
+            labels.append(index)
+    return np.stack(images), np.array(labels)
+
+
+def _accuracy(model: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    logits = np.concatenate([session.run(None, {name: images[i:i + 500]})[0] for i in range(0, len(images), 500)])
+    return float((logits.argmax(1) == labels).mean())
+
+
+@pytest.mark.slow
+def test_exported_onnx_fed_raw_pngs_through_the_recorded_preprocessing_reproduces_the_test_accuracy(cifar_search, cifar_dir):
+    root, out = cifar_search
+    chosen = _front_run(out)
+    result = run_cli("export", chosen.info.run_id, "--output", str(out / "float"), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = out / "float" / "exports" / chosen.info.run_name
+    card = json.loads((folder / "student.json").read_text())
+    for key in ("macs", "params", "activation_bytes", "latency_ms"):
+        assert card[key] and card[key] > 0, key
+    assert card["input"]["channel_order"] == "RGB" and card["input"]["layout"] == "NCHW" and card["input"]["dtype"] == "float32"
+    assert card["output"]["classes"] == sorted(p.name for p in (cifar_dir / "train").iterdir())
+    images, labels = _raw_test_images(cifar_dir, card["output"]["classes"])
+    mean = np.array(card["input"]["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.array(card["input"]["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+    accuracy = _accuracy(folder / "student.onnx", ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32), labels)
+    assert abs(accuracy - chosen.data.metrics["test_acc"]) <= 0.005, (accuracy, chosen.data.metrics["test_acc"])
+
+    # ONNX Runtime and PyTorch agree on the rebuilt student
+    from mlflow import MlflowClient
+
+    from rkd_search.trainer import ModelSpec, build_model
+
+    model = build_model(ModelSpec.from_dict(card["spec"])).eval()
+    weights = MlflowClient(f"sqlite:///{out}/mlflow.db").download_artifacts(chosen.info.run_id, "student/weights.pt", str(root))
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(_logits(folder / "student.onnx", x.numpy()), model(x).numpy(), rtol=1e-4, atol=1e-4)
+    scripted = torch.jit.load(str(folder / "student.torchscript.pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+def _logits(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.slow
+def test_raw_input_export_and_int8_accuracy_is_measured_and_logged(cifar_search, cifar_dir):
+    root, out = cifar_search
+    chosen = _front_run(out)
+    result = run_cli("export", chosen.info.run_id, "--raw-input", "--int8", "--calibration-images", "256", "--output", str(out / "raw"),
+                     "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test accuracy, onnx_int8:" in result.stdout
+    folder = out / "raw" / "exports" / chosen.info.run_name
+    card = json.loads((folder / "student.json").read_text())
+    assert card["input"]["dtype"] == "uint8" and card["input"]["normalization_in_model"] is True
+    images, labels = _raw_test_images(cifar_dir, card["output"]["classes"])
+    raw_accuracy = _accuracy(folder / "student.onnx", images, labels)  # uint8 pixels, nothing else
+    assert abs(raw_accuracy - chosen.data.metrics["test_acc"]) <= 0.005
+    int8_accuracy = _accuracy(folder / "student.int8.onnx", images, labels)
+    assert int8_accuracy == pytest.approx(card["onnx_int8_test_acc"], abs=1e-6)
+    assert int8_accuracy > 0.15, "the int8 model must still classify"
+    _, _, _, children = mlflow_runs(out)
+    logged = next(c for c in children if c.info.run_id == chosen.info.run_id).data.metrics
+    assert logged["int8_test_acc"] == pytest.approx(int8_accuracy, abs=1e-6)
+    assert logged["onnx_test_acc"] == pytest.approx(raw_accuracy, abs=1e-6)
+    assert logged["int8_drop"] == pytest.approx(raw_accuracy - int8_accuracy, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("state, reason", [("infeasible", "never trained"), ("pruned", "stopped at 1 epochs"),
+                                           ("failed", "failed"), ("paused", "paused")])
+def test_export_of_a_run_without_weights_is_refused_with_the_reason(cifar_search, state, reason):
+    from mlflow import MlflowClient
+
+    root, out = cifar_search
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    chosen = _front_run(out)
+    run = client.create_run(chosen.info.experiment_id, run_name=f"t099-{state}",
+                            tags={"mlflow.parentRunId": chosen.data.tags["mlflow.parentRunId"], "rkd.state": state, "rkd.epochs": "1"})
+    result = run_cli("export", run.info.run_id, "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
+    assert result.returncode == 2 and reason in result.stderr and "no trained student" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    client.delete_run(run.info.run_id)
