@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from _docs import write_section
-from trainer import LossConfig, ModelSpec, TeacherTargets, TrainConfig, fit, load_dataset, train_teacher
-from trainer.data import default_cache_dir
+from rkd_search.trainer import LossConfig, ModelSpec, TeacherTargets, TrainConfig, fit, load_dataset, train_teacher
+from rkd_search.trainer.data import default_cache_dir
 
 METHODS = {
     "CE only": LossConfig(),

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from _docs import write_section
-from trainer import ModelSpec, build_model, load_dataset, train_teacher
-from trainer.data import train_batches
-from trainer.losses import gram_matrix, graph_rkd_loss
+from rkd_search.trainer import ModelSpec, build_model, load_dataset, train_teacher
+from rkd_search.trainer.data import train_batches
+from rkd_search.trainer.losses import gram_matrix, graph_rkd_loss
 
 
 def gradient_norm(model: torch.nn.Module) -> float:

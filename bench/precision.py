@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from _docs import write_section
-from trainer import ModelSpec, TrainConfig, fit, load_dataset
+from rkd_search.trainer import ModelSpec, TrainConfig, fit, load_dataset
 
 
 def main() -> None:
