@@ -1,6 +1,6 @@
 """The proof: does a searched student beat the paper's hand-picked WRN-28-0.5 under the same budget?
 
-    python bench/searched_vs_handpicked.py [--compute 90] [--epochs 15] [--retrain-epochs 30] [--seeds 0 1 2]
+    python bench/searched_vs_handpicked.py [--compute 120] [--epochs 15] [--retrain-epochs 30] [--seeds 0 1 2]
 
 1. The default search (the CLI's defaults: default space, TPE, multi-fidelity as the CLI sets it)
    on the CIFAR-10 subset at 20 M MACs, stopped after ``--compute`` student-epochs.
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR", "../shared/data/cifar10-small"))
     parser.add_argument("--budget", default="20MFLOPs")
     parser.add_argument("--epochs", type=int, default=15, help="epochs of a fully trained search trial (the CLI's default)")
-    parser.add_argument("--compute", type=int, default=90, help="student-epochs the search may train (default 90)")
+    parser.add_argument("--compute", type=int, default=120, help="student-epochs the search may train (default 120: 8 trials of 15 epochs)")
     parser.add_argument("--retrain-epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cache-dir", default=os.environ.get("RKD_CACHE_DIR"))

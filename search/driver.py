@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rkd_search.spaces import SearchSpace, SpaceError, TrialContext, load_space
 from rkd_search.trainer import (
@@ -40,7 +38,6 @@ from .budget import UNIT_NOTE, Budget, format_ops
 from .errors import SearchError, UsageError
 from .fidelity import rungs
 from .objective import DIRECTIONS, Limits, LoopOptions, Objective, TrialLoop
-from .pareto import compute_front
 from .recorder import FrontFiles, Progress, Recorder
 from .records import TrialRecord, TrialState
 from .report import front_table
@@ -272,7 +269,8 @@ class Search:
         majority = float(val.bincount().max()) / len(val)
         params = {
             "budget": o.budget.text, "budget.macs": int(o.budget.macs), "budget.unit": UNIT_NOTE,
-            "dataset": o.dataset, "dataset.fingerprint": self.data.fingerprint, "data_dir": o.data_dir or "",
+            "dataset": o.dataset, "dataset.fingerprint": self.data.fingerprint,
+            "data_dir": str(Path(o.data_dir).resolve()) if o.data_dir else "",
             "dataset.sizes": f"{len(self.data.train_labels)}/{len(self.data.val_labels)}/{len(self.data.test_labels)}",
             "dataset.val_majority": round(majority, 6),
             "space": self.space.name, "space.digest": self.space.digest, "sampler": o.sampler, "seed": o.seed,
@@ -311,7 +309,6 @@ class Search:
             self.tracker.finish_trial(record.run_id, TrialState.FAILED, error="the process running this trial stopped",
                                       tags={"rkd.failure": "stale"}, status="KILLED", epochs=record.epochs)
             record.state = TrialState.FAILED
-            self.stale = getattr(self, "stale", 0) + 1
 
     def announce(self) -> None:
         """Say where results go, and whether and from where this run resumes."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -79,12 +80,29 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
     spec = ModelSpec.from_dict(meta["spec"])
     model = build_model(spec).eval()
     model.load_state_dict(state_dict)
+    if (raw_input or int8) and meta.get("preprocessing") is None:
+        raise UsageError(f"run {run_id} records no preprocessing (made by an older rkd-search): export it without --raw-input and --int8")
+    data = _dataset_of(tracker, run, data_dir, cache_dir) if int8 else None  # refused before anything is written
+    final, exported = folder, Exported()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder.parent))  # all or nothing: moved in place at the end
+    try:
+        _write(exported, tracker, run, run_id, meta, model, spec, folder, formats, raw_input, data, calibration_images, cache_dir)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    folder.replace(final)
+    exported.files = {kind: final / path.name for kind, path in exported.files.items()}
+    tracker.set_tags(run_id, {"rkd.exported": str(final)})
+    return exported
+
+
+def _write(exported: Exported, tracker: Tracker, run, run_id: str, meta: dict, model, spec: ModelSpec, folder: Path,
+           formats: tuple[str, ...], raw_input: bool, data, calibration_images: int, cache_dir) -> None:
     input_shape = tuple(meta.get("input_shape", (spec.in_channels, 32, 32)))
     preprocessing = meta.get("preprocessing")
-    if (raw_input or int8) and preprocessing is None:
-        raise UsageError(f"run {run_id} records no preprocessing (made by an older rkd-search): export it without --raw-input and --int8")
-    exported = Exported()
-    folder.mkdir(parents=True, exist_ok=True)
     if "onnx" in formats:
         path = export_onnx(model, input_shape, folder / "student.onnx", raw_input=raw_input,
                            mean=preprocessing and preprocessing["mean"], std=preprocessing and preprocessing["std"])
@@ -129,8 +147,7 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
     }
     if "onnx" in formats:
         summary["onnx_max_abs_difference"] = difference
-    if int8:
-        data = _dataset_of(tracker, run, data_dir, cache_dir)
+    if data is not None:
         exported.accuracy, exported.files["onnx_int8"] = _int8(exported.files["onnx"], data, folder, raw_input, preprocessing,
                                                                 calibration_images)
         summary.update({f"{kind}_test_acc": value for kind, value in exported.accuracy.items()})
@@ -141,8 +158,6 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
     (folder / "student.json").write_text(json.dumps(summary, indent=2))
     exported.files["json"] = folder / "student.json"
     exported.summary = summary
-    tracker.set_tags(run_id, {"rkd.exported": str(folder)})
-    return exported
 
 
 def _feed(images: torch.Tensor, raw_input: bool, preprocessing: dict | None) -> np.ndarray:
@@ -176,7 +191,7 @@ def _dataset_of(tracker: Tracker, run, data_dir: str | None, cache_dir):
         data = load_dataset(params["dataset"], data_dir or params.get("data_dir") or None, seed=int(params.get("seed", 0)),
                             cache_dir=cache_dir)
     except DataError as error:
-        raise UsageError(f"--int8 needs the search's dataset: {error}") from None
+        raise UsageError(f"--int8 needs the search's dataset (pass --data-dir DIR if it moved): {error}") from None
     if data.fingerprint != params.get("dataset.fingerprint"):
         raise UsageError(f"the dataset at {data_dir or params.get('data_dir')} is not the one the search used "
                          "(its fingerprint differs): pass --data-dir with the search's data")

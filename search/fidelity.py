@@ -45,11 +45,13 @@ def rungs(min_epochs: int, max_epochs: int, eta: int) -> list[int]:
 
 @dataclass(frozen=True)
 class RungEntry:
-    """One trial's result at a rung: its number, validation accuracy there, and MACs."""
+    """One trial's result at a rung: its number, validation accuracy there, MACs, and whether it
+    is within every limit (an infeasible trial is never trained; if one shows up, it never moves up)."""
 
     number: int
     val_acc: float
     macs: float
+    feasible: bool = True
 
 
 def promotion_order(entries: Sequence[RungEntry], budget_macs: float, floor: float = 0.0) -> list[int]:
@@ -59,6 +61,7 @@ def promotion_order(entries: Sequence[RungEntry], budget_macs: float, floor: flo
     Objectives are (validation accuracy, MACs / budget), both on [0, 1], so distances in the
     epsilon-net weigh them alike. Identical points keep their trial order.
     """
+    entries = [e for e in entries if e.feasible]
     learned = [e for e in entries if e.val_acc > floor]
     guessing = [e for e in entries if e.val_acc <= floor]
     return _sorted(learned, budget_macs) + _sorted(guessing, budget_macs)
@@ -93,7 +96,8 @@ def promotable(entries: Sequence[RungEntry], eta: int, budget_macs: float, alrea
                floor: float = 0.0) -> list[int]:
     """The trials of a rung that may move up now: the top ``ceil(n / eta)``, less those already promoted."""
     done = set(already)
-    top = promotion_order(entries, budget_macs, floor)[: math.ceil(len(entries) / eta)]
+    feasible = [e for e in entries if e.feasible]
+    top = promotion_order(feasible, budget_macs, floor)[: math.ceil(len(feasible) / eta)]
     return [number for number in top if number not in done]
 
 

@@ -9,13 +9,12 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from .losses.graph import Reduction, Similarity
 from .models import ModelSpec
 
 # The vocabulary of a run, declared once: the configs below, the search-space schema and the CLI
 # all read these.
 STAGES = (1, 2, 3)
-Similarity = Literal["cosine", "gaussian"]
-Reduction = Literal["sum", "mean"]
 Schedule = Literal["cosine", "step"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)

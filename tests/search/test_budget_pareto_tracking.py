@@ -33,8 +33,9 @@ def test_pareto_front_keeps_only_non_dominated_points():
     assert pareto_front(items, accuracy, macs) == ["e", "a", "b", "f", "d"]
 
 
-def record(number, state, val_acc, macs, epochs=2, planned=2, feasible=True):
-    return TrialRecord(f"r{number}", f"t{number}", number, state, feasible, epochs, planned, {"val_acc": val_acc, "macs": macs})
+def record(number, state, val_acc, macs, epochs=2, planned=2, feasible=True, learned=True):
+    return TrialRecord(f"r{number}", f"t{number}", number, state, feasible, epochs, planned, {"val_acc": val_acc, "macs": macs},
+                       learned=learned)
 
 
 def test_front_ignores_stopped_early_infeasible_and_failed_trials():
@@ -45,8 +46,20 @@ def test_front_ignores_stopped_early_infeasible_and_failed_trials():
         record(3, "infeasible", 0.0, 30e6, epochs=0, feasible=False),
         record(4, "failed", 0.0, 1e6, epochs=0),
         record(5, "complete", 0.80, 15e6),
+        record(6, "complete", 0.118, 0.5e6, learned=False),  # at chance: would be the cheapest point
     ]
     assert [r.number for r in compute_front(records)] == [0, 5]
+
+
+def test_the_learned_threshold_is_chance_plus_a_margin_and_the_hypervolume_uses_moocore():
+    from rkd_search.search.pareto import hypervolume, learned_threshold
+
+    assert learned_threshold(0.1, 500) == pytest.approx(0.1 + 2.326 * (0.09 / 500) ** 0.5)
+    assert 0.118 < learned_threshold(0.1, 500) < 0.15
+    front = [record(0, "complete", 0.6, 10e6), record(1, "complete", 0.8, 15e6)]
+    # (0.6 - 0.1) x (1 - 0.5) + (0.8 - 0.6) x (1 - 0.75): the area dominated from (chance, budget)
+    assert hypervolume(front, 20e6, 0.1) == pytest.approx(0.5 * 0.5 + 0.2 * 0.25)
+    assert hypervolume([], 20e6, 0.1) == 0.0
 
 
 def test_tracking_settings_precedence(tmp_path, monkeypatch):

@@ -11,7 +11,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -258,3 +257,20 @@ def test_10_the_cards_command_defaults_the_data_folder_under_the_cache(tmp_path,
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and f"{tmp_path / 'cache' / 'data' / 'cifar10'}" in error and "could not be downloaded" in error
     assert not (tmp_path / "cache" / "data").exists() and not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.slow
+def test_timeout_stops_new_work_finishes_cleanly_and_a_rerun_continues(tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(*digits(tmp_path / "warm", 1), cwd=tmp_path).returncode == 0  # teacher and targets cached
+    args = digits(out, 12, "--multi-fidelity", epochs=3)
+    stopped = run_cli(*args, "--timeout", "8s", cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert "stopped after --timeout" in stopped.stdout and "Rerun the same command to continue" in stopped.stdout
+    _, parents, _, children = mlflow_runs(out)
+    assert parents[0].info.status == "FINISHED" and parents[0].data.tags["rkd.stopped"] == "timeout"
+    assert 0 < len(children) < 12
+    rerun = run_cli(*args, cwd=tmp_path)
+    assert rerun.returncode == 0 and "resuming the search in" in rerun.stdout, rerun.stderr[-2000:]
+    trials = records(out)
+    assert sum(r.state.finished for r in trials) == 12 and len({r.number for r in trials}) == len(trials)

@@ -27,10 +27,8 @@ def test_thop_counts_conv_and_linear_like_torch():
     assert ops.macs * 2 == ops.flops
 
 
-@pytest.mark.parametrize("name", ["wrn28_1", "wrn16_0.5", "resnet20"])
-def test_thop_adds_only_batchnorm_and_pooling_to_torchs_count(name):
-    """thop = conv/linear MACs (torch's FLOPs / 2) + 4 per BatchNorm element (eval mode) + pooling."""
-    model = build_model(name).eval()
+def batchnorm_and_pooling_ops(model: nn.Module) -> int:
+    """What thop counts beyond conv/linear MACs: 4 per BatchNorm element (eval mode) and pooling."""
     extra = []
 
     def hook(module, inputs, output):
@@ -45,8 +43,15 @@ def test_thop_adds_only_batchnorm_and_pooling_to_torchs_count(name):
         model(torch.zeros(1, 3, 32, 32))
     for module in model.modules():
         module._forward_hooks.clear()
+    return sum(extra)
+
+
+@pytest.mark.parametrize("name", ["wrn28_1", "wrn16_0.5", "resnet20"])
+def test_thop_adds_only_batchnorm_and_pooling_to_torchs_count(name):
+    """thop = conv/linear MACs (torch's FLOPs / 2) + 4 per BatchNorm element (eval mode) + pooling."""
+    model = build_model(name).eval()
     ops = count_ops(model, (3, 32, 32))
-    assert ops.macs == ops.flops // 2 + sum(extra)
+    assert ops.macs == ops.flops // 2 + batchnorm_and_pooling_ops(model)
 
 
 def test_counting_leaves_the_model_untouched():
@@ -121,22 +126,8 @@ def test_depthwise_convolutions_are_counted_by_thop_and_torch_alike():
 def test_mobile_students_are_counted_like_the_others(name):
     """thop = torch's conv/linear MACs + 4 per BatchNorm element + pooling, depthwise layers included."""
     model = build_model(name).eval()
-    extra = []
-
-    def hook(module, inputs, output):
-        if isinstance(module, nn.BatchNorm2d):
-            extra.append(4 * output.numel())
-        elif isinstance(module, nn.AdaptiveAvgPool2d):
-            extra.append(inputs[0].numel() + output.numel())
-
-    for module in model.modules():
-        module.register_forward_hook(hook)
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32))
-    for module in model.modules():
-        module._forward_hooks.clear()
     ops = count_ops(model, (3, 32, 32))
-    assert ops.macs == ops.flops // 2 + sum(extra)
+    assert ops.macs == ops.flops // 2 + batchnorm_and_pooling_ops(model)
     assert count_spec_ops(ModelSpec.parse(name), 32) == ops
 
 

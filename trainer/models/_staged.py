@@ -43,7 +43,35 @@ def stage_feature_info(stage_channels: tuple[int, int, int]) -> list[dict]:
     return info
 
 
-class StagedResNet(nn.Module):
+class ThreeStageNet(nn.Module):
+    """Stem, three stages, a head (identity for the residual networks), pooled linear classifier:
+    the forward passes every family shares. ``forward_with_features`` returns the logits and the
+    stage 1 and 2 outputs and the pooled head output (stage 3), which the relational losses read."""
+
+    stem: nn.Module
+    stages: nn.ModuleList
+    head: nn.Module
+    pool: nn.Module
+    fc: nn.Module
+
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        features = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        pooled = self.pool(self.head(x)).flatten(1)
+        features[-1] = pooled
+        return self.fc(pooled), features
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.fc(torch.flatten(self.pool(self.head(x)), 1))
+
+
+class StagedResNet(ThreeStageNet):
     """Stem, three stages of basic blocks, pooled linear head.
 
     ``forward`` returns logits; ``forward_with_features`` returns the logits and the stage
@@ -75,6 +103,7 @@ class StagedResNet(nn.Module):
                 previous = channels
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
+        self.head = nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(previous, num_classes)
         self.feature_info = stage_feature_info(stage_channels)
@@ -89,19 +118,3 @@ class StagedResNet(nn.Module):
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
-
-    def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        features = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        pooled = self.pool(x).flatten(1)
-        features[-1] = pooled
-        return self.fc(pooled), features
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.fc(self.pool(x).flatten(1))

@@ -17,11 +17,10 @@ Published figures for the full MobileNetV2 on CIFAR-10 (chenyaofo/pytorch-cifar-
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ._registry import ModelSpec, register_family, stage_channels
-from ._staged import stage_feature_info
+from ._staged import ThreeStageNet, stage_feature_info
 
 HEAD_RATIO = 4
 
@@ -53,7 +52,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.residual else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(ThreeStageNet):
     """Stem, three stages of inverted residual blocks, a 1x1 head, pooled linear classifier.
 
     ``forward_with_features`` returns the logits and the stage 1 and 2 outputs and the pooled
@@ -89,22 +88,6 @@ class MobileNetV2(nn.Module):
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0, 0.01)
                 nn.init.zeros_(module.bias)
-
-    def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        features = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        pooled = self.pool(self.head(x)).flatten(1)
-        features[-1] = pooled
-        return self.fc(pooled), features
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.fc(torch.flatten(self.pool(self.head(x)), 1))
 
 
 @register_family("mbv2", depths=lambda d: d >= 3, depth_rule="three stages of at least one block each",
