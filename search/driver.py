@@ -218,9 +218,11 @@ class Search:
         self._prepare_targets()
         self.study = open_study(self.output, DIRECTIONS, o.sampler, o.seed, o.trials)
         if "rkd.settings" not in self.study.user_attrs:
-            self.study.set_user_attr("rkd.settings", self.study_settings)
+            # the hand-designed students first, the settings (which mark the study as set up) last: a
+            # process killed in between enqueues them again on the rerun, where skip_if_exists keeps one each
             for params in self.space.enqueued_params(self.context):
                 self.study.enqueue_trial(params, skip_if_exists=True)
+            self.study.set_user_attr("rkd.settings", self.study_settings)
         self._start_parent()
 
     def _prepare_teacher(self) -> None:

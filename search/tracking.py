@@ -270,10 +270,10 @@ class Tracker:
         if existing:
             run_id = existing
             self.client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = self.client.create_run(self.experiment_id, run_name=f"t{number:03d}-{name}", tags={"mlflow.parentRunId": parent_id}).info.run_id
-            self._log(run_id, params=params)
-        self._log(run_id, metrics=metrics, tags=run_tags)
+        else:  # created with its key, so a process killed right after finds it again instead of leaving an orphan
+            run_id = self.client.create_run(self.experiment_id, run_name=f"t{number:03d}-{name}",
+                                           tags={k: str(v) for k, v in run_tags.items()}).info.run_id
+        self._log(run_id, params=params, metrics=metrics, tags=run_tags)  # params again: the same values are accepted
         return run_id
 
     def log_epoch(self, run_id: str, report: EpochReport) -> None:

@@ -87,7 +87,7 @@ def test_export_writes_a_torchscript_student_with_the_same_outputs(digits_search
 
     local = MlflowClient(f"sqlite:///{out}/mlflow.db").download_artifacts(chosen.info.run_id, "student/weights.pt", str(digits_search))
     model.load_state_dict(torch.load(local, weights_only=True))
-    x = torch.randn(4, *summary["input_shape"])
+    x = torch.randn(4, *summary["input"]["shape"][1:])
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x))
 
