@@ -155,7 +155,7 @@ def report(args, results: dict, command: str, teacher_meta: dict) -> None:
     difference = 100 * (means["searched"] - means["WRN-28-0.5, paper recipe"])
     config = search["best"]["config"]
     loss = config["loss"]
-    int8_rows = [f"| {r['student']} | {r['macs'] / 1e6:.1f} M | {100 * r['onnx']:.2f} | {100 * r['int8']:.2f} | {100 * (r['onnx'] - r['int8']):+.2f} |"
+    int8_rows = [f"| {r['student']} | {r['macs'] / 1e6:.1f} M | {100 * r['onnx']:.2f} | {100 * r['int8']:.2f} | {100 * (r['int8'] - r['onnx']):+.2f} |"
                  for r in sorted(search["int8"], key=lambda r: r["macs"])]
     family_rows = [f"| {group} | {f['student']} | {f['macs'] / 1e6:.1f} M | {100 * f['val_acc']:.2f} | {100 * f['test_acc']:.2f} | "
                    f"{f['trials']} | {f['epochs']} |" for group, f in search["families"].items()]
@@ -187,7 +187,7 @@ def report(args, results: dict, command: str, teacher_meta: dict) -> None:
         "int8 post-training quantization of the search's front (`rkd-search export RUN_ID --int8`: ONNX Runtime, QDQ, "
         "per-channel weights, 512 calibration images), test accuracy of the ONNX models:",
         "",
-        "| student | MACs | fp32 ONNX (%) | int8 (%) | change (points) |",
+        "| student | MACs | fp32 ONNX (%) | int8 (%) | int8 minus fp32 (points) |",
         "|---|---|---|---|---|",
         *int8_rows,
     ])
