@@ -82,7 +82,7 @@ def test_interrupted_local_ray_search_resumes_without_duplicate_runs(tmp_path):
     out = tmp_path / "out"
     add_decoy_packages(tmp_path)  # a user's own search/, spaces/, trainer/ in the working folder
     args = search_args(out, 3, "--dataset", "digits", "--backend", "ray")
-    args[args.index("--epochs") + 1] = "5"
+    args[args.index("--epochs") + 1] = "3"
     process = subprocess.Popen([RKD_SEARCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "RKD_CACHE_DIR": str(tmp_path / "cache")})
     deadline = time.monotonic() + 300

@@ -105,8 +105,8 @@ def test_3_a_second_search_on_the_same_output_is_refused_and_the_first_is_untouc
     env = {**os.environ, "RKD_CACHE_DIR": str(tmp_path / "cache"), **ONE_THREAD}
     run_cli(*digits(out, 1), cwd=tmp_path)  # teacher cached, so both start at once
     shutil.rmtree(out)
-    first = subprocess.Popen([RKD_SEARCH, *digits(out, 8)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen([RKD_SEARCH, *digits(out, 8)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([RKD_SEARCH, *digits(out, 4)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen([RKD_SEARCH, *digits(out, 4)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = [(p.wait(timeout=600), *p.communicate()) for p in (first, second)]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], [(code, err[-1500:]) for code, _, err in results]
@@ -114,7 +114,7 @@ def test_3_a_second_search_on_the_same_output_is_refused_and_the_first_is_untouc
     assert "is in use by another rkd-search" in refused and len(refused.strip().splitlines()) == 1
     _, parents, _, children = mlflow_runs(out)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(int(c.data.tags["rkd.trial"]) for c in children) == list(range(8))
+    assert sorted(int(c.data.tags["rkd.trial"]) for c in children) == list(range(4))
     assert all(c.data.tags["rkd.state"] in ("complete", "infeasible") for c in children)
 
 
@@ -187,7 +187,7 @@ def test_6_an_output_on_a_read_only_filesystem_is_one_line_exit_2(tmp_path):
 def test_7_and_kill_9_five_times_then_a_rerun_loses_nothing(tmp_path):
     """SIGKILL at 5 seeded random moments of a multi-fidelity digits search, then a rerun to the end."""
     out = tmp_path / "out"
-    args = digits(out, 6, "--multi-fidelity", "--min-epochs", "1", epochs=3)
+    args = digits(out, 4, "--multi-fidelity", "--min-epochs", "1", epochs=3)
     env = {**os.environ, "RKD_CACHE_DIR": str(tmp_path / "cache")}
     assert run_cli(*digits(tmp_path / "warm", 1), cwd=tmp_path).returncode == 0  # the teacher and data caches
     rng = random.Random(7)
@@ -203,7 +203,7 @@ def test_7_and_kill_9_five_times_then_a_rerun_loses_nothing(tmp_path):
     study = optuna.load_study(study_name="rkd-search", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
     finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    assert len(finished) == 6
+    assert len(finished) == 4
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     _, parents, _, children = mlflow_runs(out)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -263,14 +263,14 @@ def test_10_the_cards_command_defaults_the_data_folder_under_the_cache(tmp_path,
 def test_timeout_stops_new_work_finishes_cleanly_and_a_rerun_continues(tmp_path):
     out = tmp_path / "out"
     assert run_cli(*digits(tmp_path / "warm", 1), cwd=tmp_path).returncode == 0  # teacher and targets cached
-    args = digits(out, 12, "--multi-fidelity", epochs=3)
+    args = digits(out, 6, "--multi-fidelity", epochs=3)
     stopped = run_cli(*args, "--timeout", "8s", cwd=tmp_path)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     assert "stopped after --timeout" in stopped.stdout and "Rerun the same command to continue" in stopped.stdout
     _, parents, _, children = mlflow_runs(out)
     assert parents[0].info.status == "FINISHED" and parents[0].data.tags["rkd.stopped"] == "timeout"
-    assert 0 < len(children) < 12
+    assert 0 < len(children) < 6
     rerun = run_cli(*args, cwd=tmp_path)
     assert rerun.returncode == 0 and "resuming the search in" in rerun.stdout, rerun.stderr[-2000:]
     trials = records(out)
-    assert sum(r.state.finished for r in trials) == 12 and len({r.number for r in trials}) == len(trials)
+    assert sum(r.state.finished for r in trials) == 6 and len({r.number for r in trials}) == len(trials)
