@@ -96,3 +96,11 @@ def format_ops(value: float) -> str:
         if value >= scale:
             return f"{value / scale:.3g}{suffix}"
     return f"{value:.3g}"
+
+
+def format_bytes(value: float) -> str:
+    """Bytes in the units a datasheet uses: 1000-based kB and MB (``256KB``), as the flags take them."""
+    for suffix, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.4g} {suffix}"
+    return f"{value:.0f} B"

@@ -15,14 +15,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from rkd_search.trainer import DATASETS, PRECISIONS
+from rkd_search.trainer import DATASETS, PRECISIONS, defaults
 
 from .budget import UNIT_NOTE, parse_budget, parse_bytes, parse_count, parse_duration
-from .driver import BACKENDS, DEFAULT_MULTI_FIDELITY, SearchOptions
 from .errors import SearchError, UsageError
+from .setup import BACKENDS, DEFAULT_MULTI_FIDELITY, SearchOptions
 from .study import SAMPLERS
 
 COMMANDS = ("search", "pareto", "export")
+EXPORT_FORMATS = ("onnx", "torchscript", "litert")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,18 +51,31 @@ def _search_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data and teacher")
     data.add_argument("--dataset", default="cifar10", choices=DATASETS, help="default cifar10")
     data.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR"), help="dataset folder (env RKD_DATA_DIR); for CIFAR default CACHE/data/NAME, downloaded there when the network allows")
-    data.add_argument("--teacher", default="wrn28_1", help="a checkpoint file, or an architecture (e.g. wrn28_1) trained once and cached (default wrn28_1)")
-    data.add_argument("--teacher-epochs", type=int, default=30, help="epochs to train the teacher when it is not a file (default 30)")
+    data.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,
+                      help=f"share of train/ held out for validation when the data has no val/ folder (default {defaults.VAL_FRACTION})")
+    data.add_argument("--teacher", default=defaults.TEACHER,
+                      help=f"an architecture trained once and cached (default {defaults.TEACHER}); a checkpoint written by rkd-search; "
+                           "torchvision:NAME=WEIGHTS.pt or timm:NAME=WEIGHTS.pt (a state_dict); a TorchScript file; "
+                           "a pickled module (with --trust-teacher-code)")
+    data.add_argument("--teacher-epochs", type=int, default=defaults.TEACHER_EPOCHS,
+                      help=f"epochs to train the teacher when it is not a file (default {defaults.TEACHER_EPOCHS})")
+    data.add_argument("--teacher-taps", help="the teacher's layers whose outputs the graph losses read, three comma-separated "
+                                             "node names (default: the ends of its last three resolution stages)")
     data.add_argument("--trust-teacher-code", action="store_true", help="allow a teacher file whose loading runs pickled code")
     data.add_argument("--cache-dir", type=Path, help="teachers, teacher targets and decoded datasets (env RKD_CACHE_DIR, default ~/.cache/rkd-search)")
     trials = parser.add_argument_group("trials")
-    trials.add_argument("--epochs", type=int, default=15, help="training epochs per student (default 15)")
-    trials.add_argument("--batch-size", type=int, default=None, help="default 128 (32 for digits)")
+    trials.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs per student (default {defaults.EPOCHS})")
+    trials.add_argument("--batch-size", type=int, default=None,
+                        help=f"default {defaults.BATCH_SIZE} ({defaults.SMALL_BATCH_SIZE} for digits)")
     trials.add_argument("--space", default="default", help="a built-in space (default, wrn) or a YAML file")
     trials.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler (default tpe)")
     trials.add_argument("--seed", type=int, default=0)
     trials.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto (default): bf16 autocast on CUDA, fp32 on the CPU (bf16 cost accuracy there: docs/benchmarks.md)")
     trials.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    trials.add_argument("--jobs", type=int, default=1, help="trials training at once, each in its own worker process (default 1; "
+                                                             "on one GPU, 4 or more: see the README)")
+    trials.add_argument("--prescreen", type=int, default=1, metavar="N",
+                        help="score N candidates per trained trial with zero-cost proxies and train the best (default 1: off)")
     fidelity = parser.add_argument_group("multi-fidelity and stopping")
     fidelity.add_argument("--multi-fidelity", action=argparse.BooleanOptionalAction, default=DEFAULT_MULTI_FIDELITY,
                           help="asynchronous successive halving over epochs with a Pareto promotion rule "
@@ -73,6 +87,8 @@ def _search_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-params", help="parameters (flash), e.g. 100k")
     limits.add_argument("--max-activation-memory", help="peak activation memory at batch 1 in fp32 bytes, e.g. 256KB or 512KiB")
     limits.add_argument("--max-latency-ms", type=float, help="median batch-1 latency on this CPU with ONNX Runtime (1 thread), in ms")
+    limits.add_argument("--max-flash", help="int8 weights and biases in bytes (a microcontroller's flash), e.g. 256KB")
+    limits.add_argument("--max-sram", help="peak int8 activations in bytes at batch 1 (a microcontroller's SRAM), e.g. 128KB")
     _tracking_flags(parser)
     backend = parser.add_argument_group("back-end")
     backend.add_argument("--backend", default="optuna", choices=BACKENDS, help="optuna: in this process (default); ray: Ray Tune, local or on a cluster")
@@ -96,10 +112,10 @@ def _export_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rkd-search export", description="Export a trained student (a child run) to ONNX and TorchScript, "
                                                            "with student.json: its input size, channel order, mean, std, classes and costs.")
     parser.add_argument("run_id", metavar="RUN_ID", help="a child run id, e.g. from `rkd-search pareto`")
-    parser.add_argument("--format", default="onnx,torchscript", help="comma-separated: onnx, torchscript (default both)")
-    parser.add_argument("--raw-input", action="store_true", help="bake the normalisation into the ONNX model: it takes uint8 RGB images")
-    parser.add_argument("--int8", action="store_true", help="also write an int8 ONNX model (static quantization calibrated on "
-                                                            "training images) and measure its test accuracy")
+    parser.add_argument("--format", default="onnx,torchscript", help="comma-separated: onnx, torchscript, litert (default onnx,torchscript)")
+    parser.add_argument("--raw-input", action="store_true", help="bake the normalisation into the model: it takes uint8 images")
+    parser.add_argument("--int8", action="store_true", help="also write int8 models (static quantization calibrated on "
+                                                            "training images) and measure their test accuracy")
     parser.add_argument("--calibration-images", type=int, default=512, help="training images for int8 calibration (default 512)")
     parser.add_argument("--data-dir", help="the dataset folder, when it moved since the search (default: the search's)")
     parser.add_argument("--cache-dir", type=Path, help="as for the search (env RKD_CACHE_DIR)")
@@ -144,7 +160,8 @@ def _search(argv: list[str]) -> int:
     multi_fidelity = args.multi_fidelity
     options = SearchOptions(
         budget=parse_budget(args.budget), trials=args.trials, dataset=args.dataset, data_dir=args.data_dir,
-        teacher=args.teacher, teacher_epochs=args.teacher_epochs, trust_teacher_code=args.trust_teacher_code,
+        val_fraction=args.val_fraction, teacher=args.teacher, teacher_epochs=args.teacher_epochs,
+        trust_teacher_code=args.trust_teacher_code, teacher_taps=args.teacher_taps, jobs=args.jobs, prescreen=args.prescreen,
         epochs=args.epochs, batch_size=args.batch_size, space=args.space, sampler=args.sampler, seed=args.seed,
         output=args.output, experiment=args.experiment, tracking_uri=args.tracking_uri, mlflow_config=args.mlflow_config,
         backend=args.backend, cache_dir=args.cache_dir, precision=args.precision, device=args.device,
@@ -154,6 +171,8 @@ def _search(argv: list[str]) -> int:
         max_params=parse_count(args.max_params, "--max-params") if args.max_params else None,
         max_activation_bytes=parse_bytes(args.max_activation_memory, "--max-activation-memory") if args.max_activation_memory else None,
         max_latency_ms=_positive(args.max_latency_ms, "--max-latency-ms"),
+        max_flash_bytes=parse_bytes(args.max_flash, "--max-flash") if args.max_flash else None,
+        max_sram_bytes=parse_bytes(args.max_sram, "--max-sram") if args.max_sram else None,
     )
     run_search(options)
     return 0
@@ -184,9 +203,10 @@ def _pareto(argv: list[str]) -> int:
     records = tracker.trial_records(parent)
     front = compute_front(records)  # the tags say the same once written; this also covers a running search
     parent_run = tracker.client.get_run(parent)
+    val_size = int(parent_run.data.params.get("val.size", 0)) or None
     print(f"Search {parent_run.info.run_name} ({parent}), {len(records)} trials, budget {parent_run.data.params.get('budget', '?')}, "
           f"in {UNIT_NOTE}:")
-    print(front_table(front))
+    print(front_table(front, val_size))
     return 0
 
 
@@ -196,10 +216,10 @@ def _export(argv: list[str]) -> int:
     from .export import export_student
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    if not formats or set(formats) - {"torchscript", "onnx"}:
-        raise UsageError(f"--format {args.format!r}: choose from onnx, torchscript")
-    if (args.int8 or args.raw_input) and "onnx" not in formats:
-        raise UsageError("--int8 and --raw-input are ONNX options: keep onnx in --format")
+    if not formats or set(formats) - set(EXPORT_FORMATS):
+        raise UsageError(f"--format {args.format!r}: choose from {', '.join(EXPORT_FORMATS)}")
+    if (args.int8 or args.raw_input) and not {"onnx", "litert"} & set(formats):
+        raise UsageError("--int8 and --raw-input apply to onnx and litert: keep one of them in --format")
     if args.calibration_images < 1:
         raise UsageError("--calibration-images must be at least 1")
     tracker = _tracker(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import warnings
@@ -24,9 +25,17 @@ from rkd_search.trainer import DataError, ModelSpec, build_model, load_dataset
 from rkd_search.trainer.data import normalize
 from rkd_search.trainer.deploy import LatencyCache, export_onnx, onnx_predict, quantize_int8
 
+from . import names
 from .errors import SearchError, UsageError
 from .records import TrialState
+from .setup import check_output_folder
 from .tracking import Tracker
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @dataclass
@@ -42,13 +51,13 @@ def _student_of(tracker: Tracker, run_id: str) -> tuple[Any, dict[str, Any], dic
     except Exception:
         raise UsageError(f"no MLflow run {run_id!r} at {tracker.settings.tracking_uri}: pass a run id from `rkd-search pareto`") from None
     tags = run.data.tags
-    if tags.get("rkd.role") == "search":
+    if tags.get(names.ROLE) == names.ROLE_SEARCH:
         raise UsageError(f"run {run_id} is a search's parent run, with no trained student: pick a run tagged "
                          "rkd.pareto=true (rkd-search pareto)")
-    state = tags.get("rkd.state")
+    state = tags.get(names.STATE)
     if state != TrialState.COMPLETE:
         why = {TrialState.INFEASIBLE: "was over a limit and never trained",
-               TrialState.PRUNED: f"was stopped at {tags.get('rkd.epochs', '?')} epochs by multi-fidelity, and its weights were not kept",
+               TrialState.PRUNED: f"was stopped at {tags.get(names.EPOCHS, '?')} epochs by multi-fidelity, and its weights were not kept",
                TrialState.FAILED: "failed (see its rkd.error tag)",
                TrialState.PAUSED: "is paused at a rung, not fully trained",
                TrialState.RUNNING: "is still training"}.get(state, f"is in state {state}")
@@ -83,9 +92,14 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
     if (raw_input or int8) and meta.get("preprocessing") is None:
         raise UsageError(f"run {run_id} records no preprocessing (made by an older rkd-search): export it without --raw-input and --int8")
     data = _dataset_of(tracker, run, data_dir, cache_dir) if int8 else None  # refused before anything is written
+    check_output_folder(folder, "export --output")
     final, exported = folder, Exported()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder.parent))  # all or nothing: moved in place at the end
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder.parent))  # all or nothing: moved in place at the end
+    except OSError as error:
+        raise UsageError(f"export --output: {folder.parent} cannot be written ({error.strerror}): pass a writable --output") from None
+    folder.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); an export is meant to be shared like any folder
     try:
         _write(exported, tracker, run, run_id, meta, model, spec, folder, formats, raw_input, data, calibration_images, cache_dir)
     except BaseException:
@@ -95,7 +109,7 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
         shutil.rmtree(final)
     folder.replace(final)
     exported.files = {kind: final / path.name for kind, path in exported.files.items()}
-    tracker.set_tags(run_id, {"rkd.exported": str(final)})
+    tracker.set_tags(run_id, {names.EXPORTED: str(final)})
     return exported
 
 

@@ -40,14 +40,19 @@ def compute_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
     return pareto_front(eligible, [r.metrics["val_acc"] for r in eligible], [r.metrics["macs"] for r in eligible])
 
 
+def standard_error(accuracy: float, images: int) -> float:
+    """The binomial standard error of an accuracy measured on ``images`` images."""
+    p = min(max(accuracy, 0.0), 1.0)
+    return math.sqrt(p * (1 - p) / max(images, 1))
+
+
 def learned_threshold(majority_share: float, samples: int) -> float:
     """The validation accuracy a student must exceed to count as having learned anything.
 
     Guessing the most frequent class scores ``majority_share``; the threshold is that rate plus
     2.33 standard errors over ``samples`` validation images (a one-sided test at p = 0.01).
     """
-    p = min(max(majority_share, 0.0), 1.0)
-    return p + _Z_LEARNED * math.sqrt(p * (1 - p) / max(samples, 1))
+    return min(max(majority_share, 0.0), 1.0) + _Z_LEARNED * standard_error(majority_share, samples)
 
 
 def hypervolume(front: Sequence[TrialRecord], budget_macs: float, chance: float) -> float:

@@ -1,10 +1,10 @@
-"""What a trial loop writes as trials start, train, pause and end: the progress bar and MLflow.
+"""What happens outside the study as trials start, train, pause and end: the progress bar and MLflow.
 
-The back-ends call four methods, ``start``, ``epoch``, ``pause`` and ``finish``; the recorder keeps
-the trials' records, and after each trial that ends it brings the Pareto front up to date (the
-``rkd.pareto`` tags, ``pareto.csv`` and ``pareto.png`` in the output folder and on the parent run,
-and the front's hypervolume, logged on the parent run against cumulative student-epochs), so a
-running or interrupted search can be browsed and exported at any time.
+The trial lifecycle is the recorder's only caller (``start``, ``epoch``, ``pause``, ``finish``).
+The recorder keeps the trials' records, and after each trial that completes it brings the Pareto
+front up to date (the ``rkd.pareto`` tags, ``pareto.csv`` and ``pareto.png`` in the output folder
+and on the parent run, and the front's hypervolume, logged on the parent run against cumulative
+student-epochs), so a running or interrupted search can be browsed and exported at any time.
 """
 
 from __future__ import annotations
@@ -17,43 +17,19 @@ from typing import Any
 from rkd_search.spaces import TrialPlan
 from rkd_search.trainer import EpochReport, TrainResult
 
+from . import names
 from .pareto import compute_front, hypervolume, learned_threshold
 from .records import TrialRecord, TrialState
-from .report import plot_front, write_csv
+from .report import Progress, plot_front, write_csv
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 
-class Progress:
-    """A trials bar (done, front size, best accuracy, ETA); silent when progress is off."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-
-    def bar_for(self, total: int, initial: int, desc: str, unit: str):
-        if not self.enabled:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=True)
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-@dataclass
-class FrontFiles:
-    """Where the front goes and what it is measured against."""
+@dataclass(frozen=True)
+class FrontSettings:
+    """What the front is measured against and where it is written: the output folder, the MAC
+    budget, the plot's title, and the validation split (its size and majority-class share)."""
 
     output: Path
     budget_macs: float
@@ -72,18 +48,20 @@ class Recorder:
     tracker: Tracker
     parent_id: str
     progress: Progress
-    front: FrontFiles
+    front: FrontSettings
     student: dict[str, Any] = field(default_factory=dict)
     """What ``spec.json`` records beside each student: its preprocessing, class names, input size."""
     records: list[TrialRecord] = field(default_factory=list)
     student_epochs: int = 0
     """Epochs trained by every trial of the search so far: the compute axis of the hypervolume."""
 
-    # -- the four calls of a trial loop -----------------------------------------------------------
+    # -- the calls of the trial lifecycle -------------------------------------------------------------
     def start(self, number: int, key: str, plan: TrialPlan, tags: dict[str, Any] | None = None) -> str:
         """Open (or reopen, for a resumed trial) the trial's child run."""
-        return self.tracker.start_trial(self.parent_id, number, key, plan.config.student.name, plan.params,
-                                        plan_metrics(plan), plan.feasible, tags)
+        run_id = self.tracker.start_trial(self.parent_id, number, key, plan.config.student.name, plan.params,
+                                          plan_metrics(plan), plan.feasible, tags)
+        self._keep(run_id, number, plan, TrialState.RUNNING, {}, 0, tags)
+        return run_id
 
     def epoch(self, run_id: str, number: int, plan: TrialPlan, report: EpochReport) -> None:
         self.tracker.log_epoch(run_id, report)
@@ -108,7 +86,7 @@ class Recorder:
         state = TrialState(state)
         tags = dict(tags or {})
         if result is not None:
-            tags["rkd.learned"] = str(result.val_acc > self.front.learned_threshold).lower()
+            tags[names.LEARNED] = str(result.val_acc > self.front.learned_threshold).lower()
         epochs = result.epochs_done if result else epochs_done
         self.tracker.finish_trial(run_id, state, result, {**self.student, "config": plan.config.to_dict()} if result else None,
                                   error, tags, status, metrics={**plan_metrics(plan), **(partial or {})}, epochs=epochs)
@@ -121,14 +99,14 @@ class Recorder:
         self.update_bar()
         return record
 
-    # -- records, bar and front -------------------------------------------------------------------
+    # -- records, bar and front -------------------------------------------------------------------------
     def _keep(self, run_id: str, number: int, plan: TrialPlan, state: TrialState, metrics: dict[str, float], epochs: int,
               tags: dict[str, Any] | None = None) -> TrialRecord:
         previous = next((r for r in self.records if r.run_id == run_id), None)
         record = TrialRecord(run_id, f"t{number:03d}-{plan.config.student.name}", number, state, plan.feasible, epochs,
                              plan.config.epochs, {**plan_metrics(plan), **metrics}, {k: str(v) for k, v in plan.params.items()},
-                             pareto=previous.pareto if previous else None, node=(tags or {}).get("rkd.node"),
-                             learned=(tags or {}).get("rkd.learned", "true") == "true")
+                             pareto=previous.pareto if previous else None, node=(tags or {}).get(names.NODE),
+                             learned=(tags or {}).get(names.LEARNED, "true") == "true")
         self.records = [r for r in self.records if r.run_id != run_id] + [record]
         return record
 
@@ -155,21 +133,22 @@ class Recorder:
         """Tag the front, rewrite its table and plot, and log its hypervolume at the compute spent so far."""
         front = compute_front(self.records)
         self.tracker.mark_front(self.records, {r.run_id for r in front})
-        files = self.front
-        files.output.mkdir(parents=True, exist_ok=True)
-        csv_path = write_csv(front, files.output / "pareto.csv")
-        png_path = plot_front(self.records, front, files.budget_macs, files.output / "pareto.png",
-                              f"{files.title} ({len(self.records)} trials)")
+        settings = self.front
+        settings.output.mkdir(parents=True, exist_ok=True)
+        csv_path = write_csv(front, settings.output / "pareto.csv", settings.val_size)
+        png_path = plot_front(self.records, front, settings.budget_macs, settings.output / "pareto.png",
+                              f"{settings.title} ({len(self.records)} trials)")
         self.tracker.log_parent_files(self.parent_id, [csv_path, png_path])
-        volume = hypervolume(front, files.budget_macs, files.majority_share)
+        volume = hypervolume(front, settings.budget_macs, settings.majority_share)
         self.tracker.log_metrics(self.parent_id, {"hypervolume": volume, "front_size": float(len(front))}, step=self.student_epochs)
         return front
 
 
 def plan_metrics(plan: TrialPlan) -> dict[str, float]:
-    """The costs every trial logs, trained or not: MACs, FLOPs, parameters, peak activation memory
-    and (when measured) latency."""
+    """The costs every trial logs, trained or not: MACs, FLOPs, parameters, peak activation memory,
+    what else was measured (latency, flash, SRAM) and the zero-cost scores of the untrained student."""
     metrics = {"macs": float(plan.ops.macs), "flops": float(plan.ops.flops), "params": float(plan.ops.params),
                "activation_bytes": float(plan.activation_bytes)}
     metrics.update({k: float(v) for k, v in plan.measures.items()})
+    metrics.update({f"score.{k}": float(v) for k, v in plan.scores.items()})
     return metrics

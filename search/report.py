@@ -1,45 +1,87 @@
-"""The Pareto front as the user sees it: a table, a CSV file and a plot."""
+"""What the user sees: the console (progress bars and messages) and the front as a table, a CSV
+file and a plot."""
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Sequence
 
 from .budget import format_ops
+from .pareto import standard_error
 from .records import TrialRecord, TrialState
 
 # The front is accuracy against MACs; the other limits' figures stand beside it.
-COLUMNS = ("trial", "student", "val_acc", "test_acc", "macs", "params", "activation_bytes", "latency_ms",
-           "teacher_agreement", "run_id")
+COLUMNS = ("trial", "student", "val_acc", "val_acc_se", "test_acc", "macs", "params", "activation_bytes", "flash_bytes",
+           "sram_bytes", "latency_ms", "teacher_agreement", "run_id")
 
 
-def _row(record: TrialRecord) -> dict[str, str]:
+class Progress:
+    """Progress bars (teacher, targets, trials) and messages; silent bars when progress is off."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def bar_for(self, total: int, initial: int, desc: str, unit: str):
+        if not self.enabled:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, leave=True)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def noise_note(images: int, accuracy: float, source: str = "") -> str:
+    """One line: how far apart two validation accuracies near ``accuracy`` must be to mean anything."""
+    se = standard_error(accuracy, images)
+    where = f" ({source})" if source else ""
+    return (f"validation split: {images:,} images{where}; an accuracy near {100 * accuracy:.0f}% has a standard error of "
+            f"{100 * se:.1f} points, so differences below about {200 * se:.1f} points are noise")
+
+
+def _row(record: TrialRecord, val_size: int | None = None) -> dict[str, str]:
     m = record.metrics
+    val = m.get("val_acc", float("nan"))
     return {
         "trial": str(record.number),
         "student": record.params.get("student.name", ""),
-        "val_acc": f"{m.get('val_acc', float('nan')):.4f}",
+        "val_acc": f"{val:.4f}",
+        "val_acc_se": f"{standard_error(val, val_size):.4f}" if val_size and math.isfinite(val) else "",
         "test_acc": f"{m.get('test_acc', float('nan')):.4f}",
         "macs": str(int(m.get("macs", 0))),
         "params": str(int(m.get("params", 0))),
         "activation_bytes": str(int(m.get("activation_bytes", 0))),
+        "flash_bytes": str(int(m["flash_bytes"])) if "flash_bytes" in m else "",
+        "sram_bytes": str(int(m["sram_bytes"])) if "sram_bytes" in m else "",
         "latency_ms": f"{m['latency_ms']:.3f}" if "latency_ms" in m else "",
         "teacher_agreement": f"{m['teacher_agreement']:.4f}" if "teacher_agreement" in m else "",
         "run_id": record.run_id,
     }
 
 
-def front_table(front: Sequence[TrialRecord]) -> str:
+def front_table(front: Sequence[TrialRecord], val_size: int | None = None) -> str:
     """A fixed-width text table (MACs in human units) of the front, in increasing MACs."""
     if not front:
         return "(the front is empty: no feasible trial finished all its epochs)"
     rows = []
     for record in front:
-        row = _row(record)
+        row = _row(record, val_size)
         row["macs"] = format_ops(float(row["macs"]))
         row["params"] = format_ops(float(row["params"]))
-        row["activation_bytes"] = format_ops(float(row["activation_bytes"])) + "B"
+        for key in ("activation_bytes", "flash_bytes", "sram_bytes"):
+            row[key] = format_ops(float(row[key])) + "B" if row[key] else ""
         rows.append(row)
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
     lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
@@ -47,13 +89,18 @@ def front_table(front: Sequence[TrialRecord]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(front: Sequence[TrialRecord], path: Path) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for record in front:
-            writer.writerow(_row(record))
-    return path
+def write_csv(front: Sequence[TrialRecord], path: Path, val_size: int | None = None) -> Path:
+    """The front as CSV, one row per student; ``val_acc_se`` is each validation accuracy's standard error."""
+    import io
+
+    from rkd_search.trainer.files import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for record in front:
+        writer.writerow(_row(record, val_size))
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], budget_macs: float, path: Path, title: str) -> Path:

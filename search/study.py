@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rkd_search.trainer.files import atomic_write_bytes
+
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,7 @@ def check_journal(path: Path, repair: bool = False) -> str | None:
     except ValueError:
         fixed, what = content[: len(content) - len(tail)], f"dropped a torn last line ({len(tail)} bytes)"
     if repair:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(fixed)
-        temporary.replace(path)
+        atomic_write_bytes(path, fixed)
         log.warning("%s: %s", path, what)
     return what
 
@@ -75,8 +75,10 @@ def storage(output: Path):
 
 
 def stored_settings(output: Path) -> dict[str, Any] | None:
-    """The settings a study in ``output`` was started with, or None when there is no study there."""
-    if not journal_path(output).exists():
+    """The settings a study in ``output`` was started with, or None when there is no study there
+    (an empty journal, left by a process killed before its first write, holds none)."""
+    path = journal_path(output)
+    if not path.exists() or path.stat().st_size == 0:
         return None
     import optuna
 
@@ -89,15 +91,27 @@ def stored_settings(output: Path) -> dict[str, Any] | None:
     return dict(study.user_attrs.get("rkd.settings", {}))
 
 
-def make_sampler(name: str, seed: int, existing_trials: int, trials: int):
+def startup_trials(trials: int, enqueued: int) -> int:
+    """Trials sampled at random before TPE or GP model the results, the enqueued ones included:
+    a tenth of the search, at least the enqueued students and two random ones, at most Optuna's
+    default 10. Optuna's default (always 10) made every search of 10 trials or fewer a random one."""
+    return max(enqueued + 2, min(10, trials // 10))
+
+
+def make_sampler(name: str, seed: int, existing_trials: int, trials: int, enqueued: int = 0, jobs: int = 1):
+    """The study's sampler. TPE's constant liar (RUNNING trials counted as bad, so parallel workers
+    do not all ask for one point) is on only when trials run at once: a single worker's RUNNING
+    trials are paused multi-fidelity trials, and calling them bad would steer TPE away from them."""
     import optuna
 
     # a resumed search must not replay the random draws of its first session
     seed = seed + 7919 * existing_trials
+    startup = startup_trials(trials, enqueued)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=jobs > 1,
+                                          n_startup_trials=startup)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, trials // 4)))
     if name == "random":
@@ -105,7 +119,8 @@ def make_sampler(name: str, seed: int, existing_trials: int, trials: int):
     raise UsageError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
 
 
-def open_study(output: Path, directions: tuple[str, ...], sampler_name: str, seed: int, trials: int):
+def open_study(output: Path, directions: tuple[str, ...], sampler_name: str, seed: int, trials: int, enqueued: int = 0,
+               jobs: int = 1):
     """Create the study, or load it to resume; its journal is checked (and a torn tail cut) first."""
     import optuna
 
@@ -117,7 +132,7 @@ def open_study(output: Path, directions: tuple[str, ...], sampler_name: str, see
     except KeyError:
         pass
     return optuna.create_study(study_name=STUDY_NAME, storage=store, directions=list(directions),
-                               sampler=make_sampler(sampler_name, seed, existing, trials), load_if_exists=True)
+                               sampler=make_sampler(sampler_name, seed, existing, trials, enqueued, jobs), load_if_exists=True)
 
 
 class OutputLock:

@@ -15,7 +15,7 @@ config with it, so a value the trainer would refuse inside a trial is refused he
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Union
+from typing import Any, Callable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
@@ -193,18 +193,39 @@ class StudentSpace(BaseModel):
         return self
 
 
+RECIPE_KEYS = {"graph.similarity", "graph.k", "graph.bandwidth", "graph.layers", "graph.power", "loss.ce_weight",
+               "loss.graph_weight", "loss.kd_weight", "loss.temperature", "loss.rkd_distance_weight", "loss.rkd_angle_weight",
+               "optim.lr", "optim.weight_decay", "optim.momentum", "optim.schedule"}
+
+
 class Seed(BaseModel):
-    """A hand-designed student evaluated first (e.g. the paper's WRN-28-0.5)."""
+    """A hand-designed student trained first, with its own recipe (e.g. the paper's WRN-28-0.5 with
+    the authors' settings): the baselines a search must beat, inside the search.
+
+    ``width: max`` takes the widest width on the space's grid that fits the budget and limits.
+    ``recipe`` fixes searched values by their parameter names (``loss.graph_weight``, ``optim.lr``,
+    ``graph.k: dense``, ``graph.layers: [1, 2, 3]``, ...); what it leaves out is sampled.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
+    name: str = ""
     family: str
     depth: int | None = None
-    width: float
+    width: float | Literal["max"]
     stage_widths: list[float] | None = None
     stage_depths: list[int] | None = None  # mobile families
     expansion: float | None = None
     kernel: int | None = None
+    recipe: dict[str, Any] = {}
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_keys(cls, recipe: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(recipe) - RECIPE_KEYS)
+        if unknown:
+            raise ValueError(f"recipe: unknown parameter {unknown[0]!r} (known: {', '.join(sorted(RECIPE_KEYS))})")
+        return recipe
 
 
 class SpaceFile(BaseModel):

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from rkd_search.trainer import LossConfig, ModelSpec, OpsCount, TrainConfig, count_spec_ops
 from rkd_search.trainer.models import FAMILIES
-from rkd_search.trainer.ops import peak_activation_bytes
+from rkd_search.trainer.ops import int8_flash_bytes, int8_sram_bytes, peak_activation_bytes
 
 from ._schema import Param, Range, SpaceFile
 
@@ -58,11 +58,18 @@ class TrialContext:
     precision: str = "auto"
     max_params: float | None = None
     max_activation_bytes: float | None = None
+    max_flash_bytes: float | None = None
+    max_sram_bytes: float | None = None
 
     def fits(self, spec: ModelSpec) -> bool:
-        """Within the MAC budget and the parameter and activation-memory limits (all grow with width)."""
+        """Within the MAC budget and the parameter, activation-memory, flash and SRAM limits (all grow
+        with width)."""
         ops = count_spec_ops(spec, self.resolution)
         if ops.macs > self.budget_macs or (self.max_params is not None and ops.params > self.max_params):
+            return False
+        if self.max_flash_bytes is not None and int8_flash_bytes(spec) > self.max_flash_bytes:
+            return False
+        if self.max_sram_bytes is not None and int8_sram_bytes(spec, self.resolution) > self.max_sram_bytes:
             return False
         return self.max_activation_bytes is None or peak_activation_bytes(spec, self.resolution) <= self.max_activation_bytes
 
@@ -80,7 +87,10 @@ class TrialPlan:
     constraints: dict[str, float] = field(default_factory=dict)
     """Named violations (<= 0: within the limit), as the search sets them on the sampler's trial."""
     measures: dict[str, float] = field(default_factory=dict)
-    """Costs measured beyond the counts (e.g. ``latency_ms``)."""
+    """Costs measured beyond the counts: the int8 deployment's ``flash_bytes`` and ``sram_bytes``,
+    and ``latency_ms`` when measured."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """Zero-cost scores of the untrained student (``trainer.proxies``), when the search computes them."""
 
     @property
     def feasible(self) -> bool:
@@ -110,7 +120,12 @@ def load_space(name_or_path: str | os.PathLike) -> "SearchSpace":
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise SpaceError(f"space file {path} does not exist: pass a YAML file or one of {', '.join(builtin_spaces())}")
-        source, text = str(path), path.read_text()
+        try:
+            source, text = str(path), path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise SpaceError(f"space file {path} is not a text file (not UTF-8): pass a YAML file") from None
+        except OSError as error:
+            raise SpaceError(f"space file {path} cannot be read ({error.strerror}): pass a readable YAML file") from None
     elif text_name in builtin_spaces():
         source, text = f"{text_name} (built in)", (resources.files(__package__) / f"{text_name}.yaml").read_text()
     else:
@@ -179,19 +194,24 @@ class SearchSpace:
         """The grid widths whose student fits the budget and limits (all grow with width)."""
         return _feasible_widths(self, arch, context)
 
-    def smallest_student(self, context: TrialContext) -> tuple[ModelSpec, OpsCount]:
-        """The cheapest student this space can build: a budget below it can never be met."""
+    def smallest_students(self, context: TrialContext) -> list[ModelSpec]:
+        """The smallest student of each family: shallowest, narrowest, least expanded, smallest
+        kernel. Every cost a limit bounds (MACs, parameters, memory, flash, SRAM, latency) is
+        lowest at one of them, so a limit none of them meets can never be met."""
         student = self.spec.student
         stages = (min(student.stage_widths),) * 3 if student.stage_widths else None
-        candidates = []
+        specs = []
         for family in student.families:
             depth = min(student.depths(family))
             mobile = FAMILIES[family].mobile
             arch = Architecture(family, depth * 3 if mobile else depth, (depth,) * 3 if mobile else None, stages,
                                 min(student.expansions) if mobile else None, min(student.kernels) if mobile else None)
-            spec = arch.spec(student.width.low, context)
-            candidates.append((count_spec_ops(spec, context.resolution).macs, spec))
-        macs, spec = min(candidates, key=lambda c: c[0])
+            specs.append(arch.spec(student.width.low, context))
+        return specs
+
+    def smallest_student(self, context: TrialContext) -> tuple[ModelSpec, OpsCount]:
+        """The cheapest student this space can build in MACs: a budget below it can never be met."""
+        spec = min(self.smallest_students(context), key=lambda s: count_spec_ops(s, context.resolution).macs)
         return spec, count_spec_ops(spec, context.resolution)
 
     def _suggest_architecture(self, trial: TrialLike) -> "Architecture":
@@ -280,11 +300,13 @@ class SearchSpace:
             momentum=momentum, weight_decay=weight_decay, schedule=schedule, seed=context.seed,
             precision=context.precision,
         )
+        measures = {"flash_bytes": float(int8_flash_bytes(spec)), "sram_bytes": float(int8_sram_bytes(spec, context.resolution))}
         return TrialPlan(config, count_spec_ops(spec, context.resolution), context.budget_macs, params,
-                         peak_activation_bytes(spec, context.resolution))
+                         peak_activation_bytes(spec, context.resolution), measures=measures)
 
     def enqueued_params(self, context: TrialContext) -> list[dict[str, Any]]:
-        """Optuna parameters that make ``suggest`` build each hand-designed student of the file."""
+        """Optuna parameters that make ``suggest`` build each hand-designed student of the file with
+        its recipe; a student that does not fit the budget and limits is left out."""
         student = self.spec.student
         points = []
         for seed in self.spec.enqueue:
@@ -310,14 +332,36 @@ class SearchSpace:
                 arch = Architecture(family, seed.depth, None, stages, None, None)
             if student.budget_aware:
                 feasible = self.feasible_widths(arch, context)
-                matches = [i for i, w in enumerate(feasible) if abs(w - seed.width) < 1e-6]
+                if seed.width == "max":
+                    matches = [len(feasible) - 1] if feasible else []
+                else:
+                    matches = [i for i, w in enumerate(feasible) if abs(w - seed.width) < 1e-6]
                 if not matches:
                     continue  # over budget or off the grid: nothing to seed
                 point["student.width_fill"] = (matches[0] + 0.5) / len(feasible)
+            elif seed.width == "max":
+                fitting = [w for w in self.width_grid() if context.fits(arch.spec(w, context))]
+                if not fitting:
+                    continue
+                point["student.width"] = fitting[-1]
             else:
                 point["student.width"] = seed.width
+            point.update(_recipe_params(seed.recipe, context))
             points.append(point)
         return points
+
+
+def _recipe_params(recipe: dict[str, Any], context: TrialContext) -> dict[str, Any]:
+    """A seed's recipe as the parameter values ``suggest`` draws (``graph.k: dense`` is the batch
+    size, ``graph.layers`` a comma-separated choice)."""
+    params = {}
+    for key, value in recipe.items():
+        if key == "graph.k" and value in ("dense", None):
+            value = context.batch_size
+        elif key == "graph.layers":
+            value = ",".join(str(int(v)) for v in value)
+        params[key] = value
+    return params
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ Knows nothing of Optuna, Ray or MLflow: ``fit`` takes a plain ``TrainConfig`` an
 callback and returns a ``TrainResult``.
 """
 
+from . import defaults
 from .checkpoint import TeacherError, check_teacher_fits, load_checkpoint, save_checkpoint, weights_digest
 from .config import (
     PRECISIONS,
@@ -25,6 +26,7 @@ from .targets import LiveTeacher, TeacherTargets
 from .teacher import Teacher, TeacherSource, find_teacher, prepare_teacher, train_teacher
 
 __all__ = [
+    "defaults",
     "DATASETS",
     "PRECISIONS",
     "REDUCTIONS",

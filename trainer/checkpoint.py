@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .data import ImageDataset
+from .files import atomic_torch_save
 from .models import ModelSpec, build_model
 
 CHECKPOINT_FORMAT = "rkd-search/model-v1"
@@ -26,13 +27,8 @@ class TeacherError(ValueError):
 
 def save_checkpoint(model: nn.Module, spec: ModelSpec, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
     """Write ``{format, spec, state_dict, meta}``: plain tensors and primitives, loadable with weights_only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "state_dict": state, "meta": meta or {}}, temporary)
-    temporary.replace(path)
-    return path
+    return atomic_torch_save({"format": CHECKPOINT_FORMAT, "spec": spec.to_dict(), "state_dict": state, "meta": meta or {}}, path)
 
 
 def load_checkpoint(path: str | os.PathLike, *, trust_code: bool = False) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:

@@ -9,6 +9,8 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from .defaults import BATCH_SIZE, EPOCHS
+from .files import atomic_torch_save
 from .losses.graph import Reduction, Similarity
 from .models import ModelSpec
 
@@ -97,8 +99,8 @@ class TrainConfig:
 
     student: ModelSpec
     loss: LossConfig = field(default_factory=LossConfig)
-    epochs: int = 15
-    batch_size: int = 128
+    epochs: int = EPOCHS
+    batch_size: int = BATCH_SIZE
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -161,14 +163,9 @@ class TrainState:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the state atomically (a crash leaves the previous file, never a torn one)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"format": "rkd-search/train-state-v1", "epoch": self.epoch, "model": self.model,
-                    "optimizer": self.optimizer, "history": [asdict(h) for h in self.history],
-                    "train_seconds": self.train_seconds}, temporary)
-        temporary.replace(path)
-        return path
+        return atomic_torch_save({"format": "rkd-search/train-state-v1", "epoch": self.epoch, "model": self.model,
+                                  "optimizer": self.optimizer, "history": [asdict(h) for h in self.history],
+                                  "train_seconds": self.train_seconds}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainState":
@@ -207,10 +204,8 @@ class TrainResult:
     history: list[EpochReport] = field(default_factory=list)
     state_dict: dict[str, Any] | None = field(default=None, repr=False)
     state: TrainState | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def paused(self) -> bool:
-        return self.state is not None
+    paused: bool = False
+    """Stopped before its last epoch by ``until``; ``state`` (when kept) continues it."""
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the weights, as JSON-ready primitives (the weights travel as a tensor file)."""

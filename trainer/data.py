@@ -14,11 +14,14 @@ import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .defaults import BATCH_SIZE, SMALL_BATCH_SIZE, VAL_FRACTION
+from .files import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,10 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augmentation: Augmentation = field(default_factory=Augmentation)
-    default_batch_size: int = 128
+    default_batch_size: int = BATCH_SIZE
     """The paper's 128, or smaller for a tiny dataset (digits) so that short runs still take enough steps."""
+    val_source: str = ""
+    """Where the validation images come from: the data's own ``val/`` folder, or a share of ``train/``."""
 
     @property
     def num_classes(self) -> int:
@@ -89,27 +94,56 @@ class ImageDataset:
             result._fingerprint = self._fingerprint
         return result
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the dataset as one file of plain tensors and values (``load`` memory-maps it)."""
+        fields = {name: getattr(self, name) for name in _TENSORS}
+        meta = {"name": self.name, "classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
+                "crop_padding": self.augmentation.crop_padding, "flip": self.augmentation.flip,
+                "default_batch_size": self.default_batch_size, "val_source": self.val_source, "fingerprint": self.fingerprint}
+        return atomic_torch_save({"format": "rkd-search/dataset-v1", "meta": meta,
+                                  **{k: v.cpu().contiguous() for k, v in fields.items()}}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ImageDataset":
+        """A dataset written by ``save``, its tensors memory-mapped (shared by every process reading it)."""
+        stored = torch.load(path, mmap=True, weights_only=True)
+        if stored.get("format") != "rkd-search/dataset-v1":
+            raise DataError(f"{path} is not a dataset written by rkd-search")
+        meta = stored["meta"]
+        dataset = cls(meta["name"], list(meta["classes"]), *(stored[name] for name in _TENSORS), tuple(meta["mean"]),
+                      tuple(meta["std"]), Augmentation(meta["crop_padding"], meta["flip"]), meta["default_batch_size"],
+                      meta["val_source"])
+        dataset._fingerprint = meta["fingerprint"]
+        return dataset
+
+
+_TENSORS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
+
 
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
     *,
-    val_fraction: float = 0.1,
+    val_fraction: float = VAL_FRACTION,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImageDataset:
-    """Load ``name`` (one of ``DATASETS``) into memory and carve a seeded, stratified validation split.
+    """Load ``name`` (one of ``DATASETS``) into memory with its validation split.
 
+    An ImageFolder tree's own ``val/`` folder is the validation split when it exists (the layout
+    many datasets have); otherwise a seeded, stratified ``val_fraction`` of ``train/`` is held out.
     ``data_dir`` defaults to ``$RKD_DATA_DIR``, and for CIFAR to ``CACHE/data/NAME``, where it is
     downloaded when the network allows. ImageFolder trees are decoded once and cached as tensors
-    under ``cache_dir`` (default ``$RKD_CACHE_DIR`` or ``~/.cache/rkd-search``).
+    under ``cache_dir`` (default ``$RKD_CACHE_DIR`` or ``~/.cache/rkd-search``); ``progress(done,
+    total)`` is called while images are decoded.
     """
     if data_dir is None and os.environ.get("RKD_DATA_DIR"):
         data_dir = os.environ["RKD_DATA_DIR"]
     if not 0 < val_fraction < 1:
-        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    augmentation, batch_size = Augmentation(), 128
+        raise DataError(f"the validation fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    augmentation, batch_size, val = Augmentation(), BATCH_SIZE, None
     if name in ("cifar10", "cifar100"):
         if data_dir is None:
             data_dir = default_data_dir(name, cache_dir)
@@ -117,14 +151,14 @@ def load_dataset(
     elif name == "imagefolder":
         if data_dir is None:
             raise DataError("--dataset imagefolder needs --data-dir (or RKD_DATA_DIR) pointing at a folder with train/ and test/")
-        train, test, classes = _load_imagefolder(Path(data_dir), Path(cache_dir) if cache_dir else default_cache_dir())
+        train, val, test, classes = _load_imagefolder(Path(data_dir), Path(cache_dir) if cache_dir else default_cache_dir(), progress)
     elif name == "digits":
         train, test, classes = _load_digits()
-        augmentation, batch_size = Augmentation(crop_padding=4, flip=False), 32
+        augmentation, batch_size = Augmentation(crop_padding=4, flip=False), SMALL_BATCH_SIZE
     else:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     return dataset_from_tensors(name, train, test, classes, val_fraction=val_fraction, seed=seed,
-                                augmentation=augmentation, batch_size=batch_size)
+                                augmentation=augmentation, batch_size=batch_size, val=val)
 
 
 def dataset_from_tensors(
@@ -133,17 +167,24 @@ def dataset_from_tensors(
     test: tuple[Tensor, Tensor],
     classes: list[str],
     *,
-    val_fraction: float = 0.1,
+    val_fraction: float = VAL_FRACTION,
     seed: int = 0,
     augmentation: Augmentation | None = None,
-    batch_size: int = 128,
+    batch_size: int = BATCH_SIZE,
+    val: tuple[Tensor, Tensor] | None = None,
 ) -> ImageDataset:
-    """An ``ImageDataset`` from uint8 (N, C, H, W) images and int64 labels: the validation split is
-    carved from ``train`` (stratified, seeded) and the normalisation measured on what is left."""
-    (train_x, train_y), (val_x, val_y) = _stratified_split(*train, val_fraction, seed)
+    """An ``ImageDataset`` from uint8 (N, C, H, W) images and int64 labels. The validation split is
+    ``val`` when given, else carved from ``train`` (stratified, seeded); the normalisation is
+    measured on the training images."""
+    if val is not None:
+        (train_x, train_y), (val_x, val_y) = train, val
+        source = "val/ folder"
+    else:
+        (train_x, train_y), (val_x, val_y) = _stratified_split(*train, val_fraction, seed)
+        source = f"{val_fraction:.0%} of train/, stratified (seed {seed})"
     mean, std = _channel_stats(train_x)
     return ImageDataset(name, classes, train_x, train_y, val_x, val_y, *test, mean, std,
-                        augmentation or Augmentation(), batch_size)
+                        augmentation or Augmentation(), batch_size, source)
 
 
 def default_cache_dir() -> Path:
@@ -209,53 +250,69 @@ def _folder_signature(root: Path) -> tuple[list[Path], str]:
     return files, digest.hexdigest()[:16]
 
 
-def _load_imagefolder(root: Path, cache_dir: Path):
+def _load_imagefolder(root: Path, cache_dir: Path, progress: Callable[[int, int], None] | None = None):
+    """(train, val or None, test, classes) of an ImageFolder tree, decoded once and cached."""
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise DataError(f"{root / split} is not a folder: --data-dir must hold train/<class>/*.png and test/<class>/*.png")
+    splits_present = ["train", "test"] + (["val"] if (root / "val").is_dir() else [])
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{root / 'train'} has no class folders: expected train/<class>/<image>")
-    test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
-    if test_classes != classes:
-        raise DataError(f"{root}: test/ and train/ hold different class folders; make them the same")
+    for split in splits_present[1:]:
+        split_classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+        if split_classes != classes:
+            missing = sorted(set(classes) - set(split_classes)) or sorted(set(split_classes) - set(classes))
+            raise DataError(f"{root}: {split}/ and train/ hold different class folders ({', '.join(missing[:5])}); make them the same")
     files, signature = _folder_signature(root)
+    by_folder: dict[tuple[str, str], list[Path]] = {(split, name): [] for split in splits_present for name in classes}
+    for path in files:
+        parts = path.relative_to(root).parts
+        if len(parts) == 3 and (parts[0], parts[1]) in by_folder:
+            by_folder[(parts[0], parts[1])].append(path)
+    for split in splits_present:
+        empty = [name for name in classes if not by_folder[(split, name)]]
+        if empty:
+            raise DataError(f"{root / split / empty[0]} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): add images of "
+                            f"class {empty[0]!r} or remove its folder from every split")
     cache = cache_dir / "datasets" / f"imagefolder-{signature}.pt"
     if cache.exists():
         try:
             stored = torch.load(cache, weights_only=True)
             log.info("loaded %s from cache %s", root, cache)
-            return (stored["train_x"], stored["train_y"]), (stored["test_x"], stored["test_y"]), stored["classes"]
+            val = (stored["val_x"], stored["val_y"]) if "val_x" in stored else None
+            return (stored["train_x"], stored["train_y"]), val, (stored["test_x"], stored["test_y"]), stored["classes"]
         except Exception:
             log.warning("ignoring unreadable dataset cache %s", cache)
     index = {name: i for i, name in enumerate(classes)}
-    splits = {}
-    for split in ("train", "test"):
-        paths = [p for p in files if p.relative_to(root).parts[0] == split and p.parent.name in index]
-        if not paths:
-            raise DataError(f"{root / split} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        splits[split] = _decode_images(paths, index)
+    total = sum(len(paths) for paths in by_folder.values())
+    decoded = [0]
+
+    def count(done: int) -> None:
+        decoded[0] += done
+        if progress is not None:
+            progress(decoded[0], total)
+
+    splits = {split: _decode_images([p for name in classes for p in by_folder[(split, name)]], index, count)
+              for split in splits_present}
     sizes = {tuple(x.shape[1:]) for x, _ in splits.values()}
     if len(sizes) != 1:
-        raise DataError(f"{root}: train and test images differ in size {sorted(sizes)}; resize them to one size")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache.with_suffix(".tmp")
-    torch.save(
-        {"train_x": splits["train"][0], "train_y": splits["train"][1], "test_x": splits["test"][0],
-         "test_y": splits["test"][1], "classes": classes},
-        temporary,
-    )
-    temporary.replace(cache)
-    log.info("decoded %d images from %s, cached at %s", len(files), root, cache)
-    return splits["train"], splits["test"], classes
+        raise DataError(f"{root}: the splits' images differ in size {sorted(sizes)}; resize them to one size")
+    content = {"train_x": splits["train"][0], "train_y": splits["train"][1], "test_x": splits["test"][0],
+               "test_y": splits["test"][1], "classes": classes}
+    if "val" in splits:
+        content.update(val_x=splits["val"][0], val_y=splits["val"][1])
+    atomic_torch_save(content, cache)
+    log.info("decoded %d images from %s, cached at %s", total, root, cache)
+    return splits["train"], splits.get("val"), splits["test"], classes
 
 
-def _decode_images(paths: list[Path], index: dict[str, int]) -> tuple[Tensor, Tensor]:
+def _decode_images(paths: list[Path], index: dict[str, int], count: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     images, labels = [], []
     size = None
-    for path in paths:
+    for number, path in enumerate(paths, start=1):
         try:
             image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
         except Exception as error:
@@ -267,6 +324,8 @@ def _decode_images(paths: list[Path], index: dict[str, int]) -> tuple[Tensor, Te
             image = image.round().clamp(0, 255).to(torch.uint8)
         images.append(image)
         labels.append(index[path.parent.name])
+        if count is not None and (number % 500 == 0 or number == len(paths)):
+            count(500 if number % 500 == 0 else number % 500)
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import default_cache_dir
+from .files import atomic_write, atomic_write_text
 from .models import ModelSpec, build_model
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,14 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.Pat
             raise ValueError("raw_input needs the mean and std the student was trained with")
         model = RawImageInput(model, mean, std).eval()
         example = torch.zeros(1, *input_shape, dtype=torch.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notes
-        torch.onnx.export(model, (example,), str(temporary), dynamo=False, opset_version=OPSET, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    temporary.replace(path)
-    return path
+
+    def write(temporary: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notes
+            torch.onnx.export(model, (example,), str(temporary), dynamo=False, opset_version=OPSET, input_names=["images"],
+                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+
+    return atomic_write(path, write)
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
@@ -145,10 +146,7 @@ class LatencyCache:
                                                  self.threads, self.warmup, self.runs)
             everything = self._read()  # merge: another search may have written meanwhile
             everything.setdefault(self.machine, {})[key] = stored[key]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(everything, indent=1, sort_keys=True))
-            temporary.replace(self.path)
+            atomic_write_text(self.path, json.dumps(everything, indent=1, sort_keys=True))
         self.memory[key] = float(stored[key])
         return self.memory[key]
 
@@ -184,8 +182,6 @@ def quantize_int8(model_path: str | os.PathLike, out_path: str | os.PathLike, ca
     with tempfile.TemporaryDirectory() as folder:
         prepared = Path(folder) / "prepared.onnx"
         quant_pre_process(str(model_path), str(prepared))
-        temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-        quantize_static(str(prepared), str(temporary), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-        temporary.replace(out_path)
-    return out_path
+        return atomic_write(out_path, lambda temporary: quantize_static(
+            str(prepared), str(temporary), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8))

@@ -112,6 +112,7 @@ def fit(
     device: str | torch.device | None = None,
     resume: TrainState | None = None,
     until: int | None = None,
+    batch_progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train ``config.student`` on ``data`` with the loss mix of ``config.loss``.
 
@@ -121,8 +122,9 @@ def fit(
     an ``EpochReport``; returning True stops training (pruning) and the result says so.
 
     ``until`` pauses after that many epochs of ``config.epochs``: the result then has no test
-    metrics and carries ``state``, which ``resume`` continues from. Raises ``FloatingPointError``
-    when the loss, the weights or the evaluation logits stop being finite.
+    metrics and carries ``state``, which ``resume`` continues from. ``batch_progress(done, total)``
+    is called after every training step (a progress bar within long epochs). Raises
+    ``FloatingPointError`` when the loss, the weights or the evaluation logits stop being finite.
     """
     device = resolve_device(device)
     precision = resolve_precision(config.precision, device)
@@ -189,6 +191,8 @@ def fit(
             total_loss += loss.detach()
             for name, value in parts.items():
                 sums[name] = sums[name] + value if name in sums else value
+            if batch_progress is not None:
+                batch_progress(index + 1, steps_per_epoch)
         epoch_values = torch.stack([total_loss, *sums.values()]).div(steps_per_epoch).tolist()  # one read per epoch
         eval_start = time.perf_counter()
         if not math.isfinite(epoch_values[0]):
@@ -222,7 +226,7 @@ def fit(
     if len(history) < config.epochs and not stopped_early:  # paused: continue later from ``state``
         optimizer_state = _to_cpu(optimizer.state_dict())
         state = TrainState(len(history), weights, optimizer_state, list(history), train_seconds)
-        return TrainResult(test_acc=None, teacher_agreement=None, teacher_kl=None, state=state, **common)
+        return TrainResult(test_acc=None, teacher_agreement=None, teacher_kl=None, state=state, paused=True, **common)
 
     test_logits = predict(student, data, data.test_images, data.test_labels, precision, device)
     if not _all_finite([test_logits]):

@@ -135,3 +135,36 @@ def peak_activation_bytes(spec: ModelSpec, resolution: int, bytes_per_element: i
             i = index[node]
             peak = max(peak, sum(sizes[b] for b, end in last_use.items() if index[b] <= i <= end))
     return peak
+
+
+# -- a microcontroller's units: flash and SRAM of the int8 model -----------------------------------------
+
+INT8_BIAS_BYTES = 4
+"""Biases of an int8 model are int32 (TFLite's fully-integer scheme): 4 bytes each."""
+
+
+@lru_cache(maxsize=4096)
+def int8_flash_bytes(spec: ModelSpec) -> int:
+    """Bytes of the model's constants in a fully-integer (int8) deployment, as flash holds them.
+
+    Every convolution's and linear layer's weights at one byte each, and one int32 bias per
+    output channel (BatchNorm is folded into the convolution before it, which gives every
+    convolution a bias). Not counted: per-channel quantization scales and zero points (a few bytes
+    per channel), the model file's own structure (a ``.tflite`` file adds its flatbuffer headers
+    and operator list; the exported file's size is reported beside this count), and the
+    interpreter's code.
+    """
+    with torch.device("meta"):
+        model = build_model(spec)
+    total = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            total += module.weight.numel() + INT8_BIAS_BYTES * module.weight.shape[0]
+    return int(total)
+
+
+def int8_sram_bytes(spec: ModelSpec, resolution: int) -> int:
+    """Peak bytes of int8 activations alive at once in a batch-1 forward pass (the input and the
+    output included): ``peak_activation_bytes`` at one byte per element. TFLite Micro's tensor
+    arena adds scratch buffers of some kernels and alignment padding, which are not counted."""
+    return peak_activation_bytes(spec, resolution, 1)

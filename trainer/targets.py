@@ -22,9 +22,11 @@ from torch import Tensor, nn
 
 from ._device import autocast, resolve_device, resolve_precision, use_channels_last
 from .config import STAGES
+from .defaults import BATCH_SIZE
 from .data import ImageDataset, eval_batches, num_train_batches, train_batches
 from .losses import gram_matrix
 from .checkpoint import weights_digest
+from .files import atomic_torch_save, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +89,30 @@ class TeacherTargets:
     plain picklable object, so a distributed search ships it to workers once.
     """
 
-    def __init__(self, key: str, batch_size: int, seed: int, precision: str, epochs: list[EpochTargets], test_logits: Tensor) -> None:
+    def __init__(self, key: str, batch_size: int, seed: int, precision: str, epochs: list[EpochTargets], test_logits: Tensor,
+                 folder: Path | None = None) -> None:
         self.key = key
         self.batch_size = batch_size
         self.seed = seed
         self.precision = precision
         self.epochs = epochs
         self._test_logits = test_logits
+        self.folder = folder
+        """The cache folder the targets were written to (None: held in memory only)."""
         self._on_device: tuple | None = None
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, epochs: int) -> "TeacherTargets":
+        """The first ``epochs`` epochs of targets written by ``compute`` with a cache folder,
+        memory-mapped (the pages are shared by every process that opens them)."""
+        folder = Path(folder)
+        about = json.loads((folder / "about.json").read_text())
+        stored_epochs = []
+        for epoch in range(epochs):
+            stored = torch.load(folder / f"epoch_{epoch:04d}.pt", mmap=True, weights_only=True)
+            stored_epochs.append(EpochTargets(stored["logits"], stored["grams"]))
+        test_logits = torch.load(folder / "test_logits.pt", mmap=True, weights_only=True)
+        return cls(about["key"], int(about["batch_size"]), int(about["seed"]), about["precision"], stored_epochs, test_logits, folder)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -149,7 +167,7 @@ class TeacherTargets:
         data: ImageDataset,
         *,
         epochs: int,
-        batch_size: int = 128,
+        batch_size: int = BATCH_SIZE,
         seed: int = 0,
         precision: str = "auto",
         device: str | torch.device | None = None,
@@ -180,7 +198,7 @@ class TeacherTargets:
             else:
                 stored.append(_compute_epoch(live, device_data, batch_size, seed, epoch))
                 if path is not None:
-                    _atomic_save({"logits": stored[-1].logits, "grams": stored[-1].grams}, path)
+                    atomic_torch_save({"logits": stored[-1].logits, "grams": stored[-1].grams}, path)
                     loaded = torch.load(path, mmap=True, weights_only=True)
                     stored[-1] = EpochTargets(loaded["logits"], loaded["grams"])
             if progress is not None:
@@ -190,10 +208,11 @@ class TeacherTargets:
         if test_logits is None:
             test_logits = live.test_logits(device_data).cpu()
             if test_path is not None:
-                _atomic_save(test_logits, test_path)
+                atomic_torch_save(test_logits, test_path)
         if folder is not None:
-            (folder / "about.json").write_text(json.dumps({"key": key, "batch_size": batch_size, "seed": seed, "precision": live.precision}))
-        return cls(key, batch_size, seed, live.precision, stored, test_logits)
+            atomic_write_text(folder / "about.json", json.dumps({"key": key, "batch_size": batch_size, "seed": seed,
+                                                                 "precision": live.precision, "epochs": epochs}))
+        return cls(key, batch_size, seed, live.precision, stored, test_logits, folder)
 
 
 def targets_key(teacher_digest: str, data: ImageDataset, batch_size: int, seed: int, precision: str) -> str:
@@ -226,9 +245,3 @@ def _load_cached(path: Path | None, looks_right: Callable[[object], bool]):
         return None
     log.warning("teacher targets cache %s does not match the batches; computing it again", path)
     return None
-
-
-def _atomic_save(obj, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, temporary)
-    temporary.replace(path)

@@ -20,6 +20,7 @@ from torch import nn
 from .checkpoint import TeacherError, check_teacher_fits, load_checkpoint, save_checkpoint, weights_digest
 from .config import EpochReport, LossConfig, TrainConfig
 from .data import ImageDataset, default_cache_dir
+from .defaults import TEACHER, TEACHER_EPOCHS
 from .loop import fit
 from .models import ModelSpec, build_model
 from .ops import OpsCount, count_spec_ops
@@ -53,9 +54,13 @@ class Teacher:
     digest: str
     ops: OpsCount
 
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
-def find_teacher(reference: str, data: ImageDataset, *, epochs: int = 30, seed: int = 0,
-                 trust_code: bool = False) -> TeacherSource:
+
+def find_teacher(reference: str, data: ImageDataset, *, epochs: int = TEACHER_EPOCHS, seed: int = 0,
+                 trust_code: bool = False, taps: str | None = None) -> TeacherSource:
     """Read ``reference``: a checkpoint file (loaded and checked against ``data`` now) or an architecture.
 
     Raises ``TeacherError`` with what to do when the file is missing, unreadable, unsafe or made
@@ -78,20 +83,22 @@ def prepare_teacher(
     source: TeacherSource | str,
     data: ImageDataset,
     *,
-    epochs: int = 30,
+    epochs: int = TEACHER_EPOCHS,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     report: Callable[[EpochReport], bool | None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Teacher:
-    """The teacher of a search in one call: loaded, or trained once and cached, then hashed and counted."""
+    """The teacher of a search in one call: loaded, or trained once and cached, then hashed and counted.
+    ``report`` receives each training epoch's report, ``progress`` the batches within it."""
     if isinstance(source, str):
         source = find_teacher(source, data, epochs=epochs, seed=seed)
     if source.model is not None:
         model, spec, meta, checkpoint = source.model, source.spec, source.meta, source.checkpoint
     else:
         model, spec, meta, checkpoint = train_teacher(data, source.spec, epochs=epochs, seed=seed, cache_dir=cache_dir,
-                                                      device=device, report=report)
+                                                      device=device, report=report, progress=progress)
     return Teacher(model.eval(), spec, source.reference, meta, checkpoint, weights_digest(model),
                    count_spec_ops(spec, data.resolution))
 
@@ -103,13 +110,14 @@ def teacher_cache_path(data: ImageDataset, spec: ModelSpec, epochs: int, seed: i
 
 def train_teacher(
     data: ImageDataset,
-    spec: ModelSpec | str = "wrn28_1",
+    spec: ModelSpec | str = TEACHER,
     *,
-    epochs: int = 30,
+    epochs: int = TEACHER_EPOCHS,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     report: Callable[[EpochReport], bool | None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, ModelSpec, dict[str, Any], Path]:
     """Train a teacher with cross-entropy, or load it if this (dataset, architecture, epochs, seed) was trained before."""
     if isinstance(spec, str):
@@ -124,7 +132,7 @@ def train_teacher(
         except TeacherError:
             log.warning("cached teacher %s is unreadable; training it again", path)
     config = TrainConfig(student=spec, loss=LossConfig(), epochs=epochs, seed=seed, batch_size=data.default_batch_size)
-    result = fit(config, data, report=report, device=device)
+    result = fit(config, data, report=report, device=device, batch_progress=progress)
     model = build_model(spec)
     model.load_state_dict(result.state_dict)
     meta = {

@@ -1,0 +1,45 @@
+"""``--prescreen N``: the sampler proposes N feasible candidates per trained trial, and only the
+best-scored one trains.
+
+Each candidate's untrained student is scored by the zero-cost proxies (``trainer.proxies``, about
+a second each). Which candidate trains: the one with the best mean rank over ``PROXIES``
+(the combination ``bench/proxy_rank.py`` measured best; see docs/benchmarks.md). The other
+candidates are told to Optuna as FAIL with ``rkd.screened_out`` set: FAIL keeps them out of the
+sampler's model (a candidate a weak proxy disliked is not evidence that its region is bad) and
+out of ``--trials``; they get no MLflow run, and the trained trial records how many were scored
+(``rkd.prescreen``) and its own scores (``score.*`` metrics).
+
+Candidates over a limit are told as infeasible, as without the prescreen: the sampler learns the
+limits from them. Enqueued (hand-picked) trials are never prescreened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from rkd_search.spaces import TrialPlan
+
+PROXIES = ("graph", "params")
+"""The scores the prescreen ranks by (mean rank), chosen by ``bench/proxy_rank.py``."""
+
+
+@dataclass
+class Prescreen:
+    candidates: int
+    """N: candidates scored per trained trial."""
+    proxies: Sequence[str] = PROXIES
+
+    def choose(self, plans: Sequence[tuple[int, TrialPlan]]) -> int:
+        """The trial number of the best-scored candidate (feasible plans with scores)."""
+        if len(plans) == 1:
+            return plans[0][0]
+        proxies = [p for p in self.proxies if all(p in plan.scores for _, plan in plans)]
+        if not proxies:
+            return plans[0][0]
+        ranks = {number: 0.0 for number, _ in plans}
+        for proxy in proxies:
+            order = sorted(plans, key=lambda item: (-item[1].scores[proxy], item[0]))
+            for rank, (number, _) in enumerate(order):
+                ranks[number] += rank / len(proxies)
+        return min(ranks, key=lambda number: (ranks[number], number))

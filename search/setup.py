@@ -1,0 +1,278 @@
+"""A search's options, and their validation into a complete, frozen setup before anything is created.
+
+``validate(options)`` checks everything a user can get wrong (flags, the space file, the data, the
+teacher, the tracking store, the output folder, limits no student can meet) and returns a
+``SearchSetup``; bad input raises ``UsageError`` (one line, exit code 2) and leaves no output
+folder, study, MLflow store or run behind.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rkd_search.spaces import SearchSpace, SpaceError, TrialContext, load_space
+from rkd_search.trainer import (
+    DataError,
+    ImageDataset,
+    TeacherError,
+    TeacherSource,
+    count_spec_ops,
+    default_cache_dir,
+    defaults,
+    find_teacher,
+    load_dataset,
+)
+from rkd_search.trainer.ops import int8_flash_bytes, int8_sram_bytes, peak_activation_bytes
+
+from .budget import Budget, format_bytes, format_ops
+from .errors import UsageError
+from .fidelity import rungs
+from .objective import Limits
+from .study import SAMPLERS, stored_settings
+from .tracking import TrackingSettings, check_reachable, resolve_settings
+
+BACKENDS = ("optuna", "ray")
+# Chosen from measurement (bench/search_efficiency.py, docs/benchmarks.md): see the README.
+DEFAULT_MULTI_FIDELITY = False
+SEED_RANGE = (0, 2**32 - 1)
+
+
+@dataclass
+class SearchOptions:
+    budget: Budget
+    trials: int = 200
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    val_fraction: float = defaults.VAL_FRACTION
+    teacher: str = defaults.TEACHER
+    teacher_epochs: int = defaults.TEACHER_EPOCHS
+    trust_teacher_code: bool = False
+    teacher_taps: str | None = None
+    epochs: int = defaults.EPOCHS
+    batch_size: int | None = None  # None: the dataset's default (128; 32 for digits)
+    space: str = "default"
+    sampler: str = "tpe"
+    seed: int = 0
+    output: Path | None = None
+    experiment: str | None = None
+    tracking_uri: str | None = None
+    mlflow_config: str | None = None
+    backend: str = "optuna"
+    cache_dir: Path | None = None
+    precision: str = "auto"
+    device: str | None = None
+    progress: bool = True
+    jobs: int = 1
+    prescreen: int = 1
+    # multi-fidelity and stopping
+    multi_fidelity: bool = DEFAULT_MULTI_FIDELITY
+    min_epochs: int = 1
+    eta: int = 3
+    timeout: float | None = None  # seconds
+    max_student_epochs: int | None = None  # a compute budget (benchmarks)
+    # limits beyond the MAC budget
+    max_params: float | None = None
+    max_activation_bytes: float | None = None
+    max_latency_ms: float | None = None
+    max_flash_bytes: float | None = None
+    max_sram_bytes: float | None = None
+    measure_latency: bool = True
+    # Ray back-end
+    address: str | None = None
+    trial_resources: dict[str, float] = field(default_factory=dict)
+    max_concurrent: int | None = None
+    storage_path: str | None = None
+    train: str | None = None
+    """``module:function`` training a trial in the workers, for tests (default ``train_student``)."""
+
+    def resolved_output(self) -> Path:
+        if self.output is not None:
+            return Path(self.output).resolve()
+        budget = re.sub(r"[^0-9A-Za-z.]+", "", format_ops(self.budget.macs))
+        return Path("runs", f"{self.dataset}-{budget}-seed{self.seed}").resolve()
+
+    @property
+    def rungs(self) -> list[int]:
+        return rungs(self.min_epochs, self.epochs, self.eta) if self.multi_fidelity else [self.epochs]
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.budget.macs, self.max_params, self.max_activation_bytes, self.max_latency_ms,
+                      self.max_flash_bytes, self.max_sram_bytes)
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """Everything validated: what a search needs before it creates anything."""
+
+    options: SearchOptions
+    output: Path
+    space: SearchSpace
+    tracking: TrackingSettings
+    cache_dir: Path
+    data: ImageDataset
+    batch_size: int
+    context: TrialContext
+    teacher: TeacherSource
+    study_settings: dict[str, Any]
+
+
+def validate(options: SearchOptions, progress: Callable[[int, int], None] | None = None) -> SearchSetup:
+    """Check the options, load the space and the data, find the teacher: a ``SearchSetup``, or
+    ``UsageError`` with what to do. ``progress(done, total)`` reports images as they are decoded."""
+    check_flags(options)
+    output = options.resolved_output()
+    check_output_folder(output)
+    try:
+        space = load_space(options.space)
+    except SpaceError as error:
+        raise UsageError(str(error)) from None
+    tracking = resolve_settings(options.mlflow_config, options.tracking_uri, options.experiment)
+    check_reachable(tracking)
+    cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    try:
+        data = load_dataset(options.dataset, options.data_dir, val_fraction=options.val_fraction, seed=options.seed,
+                            cache_dir=cache_dir, progress=progress)
+    except DataError as error:
+        raise UsageError(str(error)) from None
+    batch_size = options.batch_size or data.default_batch_size
+    if batch_size > len(data.train_labels):
+        raise UsageError(f"--batch-size {batch_size} is larger than the {len(data.train_labels)} training images: pass a smaller one")
+    o = options
+    context = TrialContext(
+        budget_macs=o.budget.macs, in_channels=data.input_shape[0], num_classes=data.num_classes, resolution=data.resolution,
+        epochs=o.epochs, batch_size=batch_size, seed=o.seed, precision=o.precision, max_params=o.max_params,
+        max_activation_bytes=o.max_activation_bytes, max_flash_bytes=o.max_flash_bytes, max_sram_bytes=o.max_sram_bytes,
+    )
+    check_limits_reachable(options, space, context, cache_dir)
+    try:
+        teacher = find_teacher(o.teacher, data, epochs=o.teacher_epochs, seed=o.seed, trust_code=o.trust_teacher_code,
+                               taps=o.teacher_taps)
+    except TeacherError as error:
+        raise UsageError(str(error)) from None
+    study_settings = {
+        "budget_macs": o.budget.macs, "dataset": o.dataset, "dataset_fingerprint": data.fingerprint,
+        "space": space.name, "space_digest": space.digest, "epochs": o.epochs, "batch_size": batch_size,
+        "seed": o.seed, "teacher": teacher.reference, "precision": o.precision, "backend": o.backend,
+        "rungs": o.rungs, "eta": o.eta, "max_params": o.max_params, "max_activation_bytes": o.max_activation_bytes,
+        "max_latency_ms": o.max_latency_ms, "max_flash_bytes": o.max_flash_bytes, "max_sram_bytes": o.max_sram_bytes,
+        "prescreen": o.prescreen, "tracking_store": tracking.store_id, "experiment": tracking.experiment,
+    }
+    check_existing_study(output, study_settings, tracking)
+    return SearchSetup(options, output, space, tracking, cache_dir, data, batch_size, context, teacher, study_settings)
+
+
+def check_flags(o: SearchOptions) -> None:
+    """The flags alone, before any file is read."""
+    if o.trials < 1 or o.epochs < 1 or o.teacher_epochs < 1 or (o.batch_size is not None and o.batch_size < 2):
+        raise UsageError("--trials, --epochs and --teacher-epochs must be at least 1 and --batch-size at least 2")
+    if not SEED_RANGE[0] <= o.seed <= SEED_RANGE[1]:
+        raise UsageError(f"--seed {o.seed} is out of range: pass a whole number from 0 to {SEED_RANGE[1]}")
+    if not 0 < o.val_fraction < 1:
+        raise UsageError(f"--val-fraction {o.val_fraction} must be between 0 and 1 (exclusive), e.g. 0.1")
+    if o.sampler not in SAMPLERS:
+        raise UsageError(f"unknown sampler {o.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if o.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {o.backend!r}: choose one of {', '.join(BACKENDS)}")
+    if o.backend != "ray" and (o.address or o.max_concurrent or o.trial_resources or o.storage_path):
+        raise UsageError("--address, --max-concurrent, --trial-resources and --storage-path "
+                         "are for the Ray back-end: add --backend ray")
+    if o.backend == "ray" and o.jobs != 1:
+        raise UsageError("--jobs is for the embedded back-end; with --backend ray use --trial-resources and --max-concurrent")
+    if o.jobs < 1 or o.jobs > 256:
+        raise UsageError(f"--jobs must be between 1 and 256, got {o.jobs}")
+    if o.prescreen < 1 or o.prescreen > 1000:
+        raise UsageError(f"--prescreen must be between 1 and 1000 candidates per trained trial, got {o.prescreen}")
+    if o.max_concurrent is not None and o.max_concurrent < 1:
+        raise UsageError("--max-concurrent must be at least 1")
+    if o.multi_fidelity and not (1 <= o.min_epochs <= o.epochs and o.eta >= 2):
+        raise UsageError(f"multi-fidelity needs 1 <= --min-epochs ({o.min_epochs}) <= --epochs ({o.epochs}) "
+                         f"and --eta >= 2 ({o.eta})")
+    if o.experiment is not None and not o.experiment.strip():
+        raise UsageError("--experiment is empty: pass an experiment name, or leave the flag out for the default")
+
+
+def check_output_folder(output: Path, flag: str = "--output") -> None:
+    """``output`` must be a folder this process can write, or be creatable; checked without writing."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"{flag} {output} is a file, not a folder: pass a folder")
+    folder = output
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {output}: {folder} is a file, not a folder: pass another --output")
+    try:  # access() misses read-only mounts for root: try a temporary file, removed at once
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag} {output} cannot be written ({folder}: {error.strerror}): pass a writable --output") from None
+
+
+def check_limits_reachable(o: SearchOptions, space: SearchSpace, context: TrialContext, cache_dir: Path) -> None:
+    """Refuse a budget or limit that no student of the space can meet (each cost is lowest at one
+    of the families' smallest students; latency is measured on them once, and cached)."""
+    smallest = space.smallest_students(context)
+    resolution = context.resolution
+
+    def refuse(flag: str, limit: str, cost: Callable, unit: str, fix: str) -> None:
+        best = min(smallest, key=cost)
+        raise UsageError(f"{flag} {limit} is below the smallest student of space {space.name!r}: {best.name} needs "
+                         f"{unit(cost(best))}; {fix}")
+
+    macs = lambda spec: count_spec_ops(spec, resolution).macs  # noqa: E731
+    if min(map(macs, smallest)) > o.budget.macs:
+        best = min(smallest, key=macs)
+        raise UsageError(f"budget {o.budget} is below the smallest student of space {space.name!r}: {best.name} needs "
+                         f"{format_ops(macs(best))} MACs ({macs(best):,}); raise --budget or use a space with smaller students")
+    checks = [
+        ("--max-params", o.max_params, lambda spec: count_spec_ops(spec, resolution).params, lambda v: f"{v:,} parameters"),
+        ("--max-activation-memory", o.max_activation_bytes, lambda spec: peak_activation_bytes(spec, resolution),
+         lambda v: f"{format_bytes(v)} of activations (fp32, batch 1)"),
+        ("--max-flash", o.max_flash_bytes, int8_flash_bytes, lambda v: f"{format_bytes(v)} of int8 weights and biases"),
+        ("--max-sram", o.max_sram_bytes, lambda spec: int8_sram_bytes(spec, resolution),
+         lambda v: f"{format_bytes(v)} of int8 activations"),
+    ]
+    for flag, limit, cost, unit in checks:
+        if limit is not None and min(map(cost, smallest)) > limit:
+            shown = f"{limit:g}" if flag == "--max-params" else format_bytes(limit)
+            refuse(flag, shown, cost, unit, "raise the limit")
+    if o.max_latency_ms is not None and o.measure_latency:
+        from rkd_search.trainer.deploy import LatencyCache
+
+        latency = LatencyCache(cache_dir)
+        fastest = min(latency(spec, resolution) for spec in smallest)
+        if fastest > o.max_latency_ms:
+            refuse("--max-latency-ms", f"{o.max_latency_ms:g}", lambda spec: latency(spec, resolution),
+                   lambda v: f"{v:.3f} ms on this CPU (ONNX Runtime, 1 thread)", "raise the limit")
+    if not math.isfinite(o.budget.macs):
+        raise UsageError("the budget must be finite")
+
+
+def check_existing_study(output: Path, settings: dict[str, Any], tracking: TrackingSettings) -> None:
+    """A rerun must use the flags the study in ``output`` was started with."""
+    stored = stored_settings(output)
+    if not stored:
+        return
+    for key, value in settings.items():
+        if key in stored and stored[key] != value:
+            if key in ("tracking_store", "experiment"):
+                raise UsageError(
+                    f"{output} holds a search logged to {stored['tracking_store']} (experiment "
+                    f"{stored.get('experiment')!r}), not {tracking.store_id} ({tracking.experiment!r}): "
+                    "rerun with the tracking URI and experiment it used, or pass a new --output"
+                )
+            raise UsageError(
+                f"{output} holds a search with {key} = {stored[key]!r}, not {value!r}: "
+                "rerun with the same flags to resume it, or pass a new --output"
+            )
+
+
+def default_threads(jobs: int) -> int:
+    """Torch threads per worker: the machine's cores shared between the jobs."""
+    return max(1, (os.cpu_count() or 1) // jobs)

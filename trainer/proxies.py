@@ -1,0 +1,109 @@
+"""Zero-cost proxies: a score for an untrained student, from a few batches, in about a second.
+
+A search can rank candidates with them before training any (``rkd-search --prescreen N``), and
+logs them on every trial so that ``bench/proxy_rank.py`` can measure how well each one predicts
+the trained student's validation accuracy. Each is small, with its paper's equation:
+
+- ``graph_similarity`` (distillation-aware; DisWOT, Dong et al., CVPR 2023, found that the
+  similarity of the teacher's and the untrained student's sample-relation matrices predicts the
+  distilled student's accuracy): minus the graph-RKD loss of Lassance et al. between the teacher's
+  and the freshly initialised student's relation graphs,
+
+      G = - (1 / |batches|) sum_b (1 / |stages|) sum_l || A_T^(b,l) - A_S^(b,l) ||_F^2,
+
+  on the first training batches of the search (the batches every trial starts with), with the
+  authors' cosine graph, dense, over the three stages. Higher: the student's geometry is already
+  closer to the teacher's.
+- ``synflow`` (data-free; Tanaka et al., NeurIPS 2020; Abdelfattah et al., ICLR 2021): with every
+  weight replaced by its absolute value and an all-ones input, R = 1^T f(1) and
+
+      S = sum_theta | theta * dR / dtheta |,
+
+  reported as log(S) (S spans hundreds of orders of magnitude). Computed in float64 with
+  BatchNorm in inference mode; ReLU6 is replaced by ReLU for the computation, since an all-ones
+  input drives every unit past 6, where ReLU6 has no gradient (mobile students would all score 0).
+- ``params``: the parameter count, the baseline any proxy must beat (ZiCo, Li et al., ICLR 2023,
+  showed many proxies do not).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .data import ImageDataset, train_batches
+from .losses import gram_matrix, graph_rkd_loss
+from .models import ModelSpec, build_model
+from .targets import TeacherSignals
+
+PROXIES = ("graph", "synflow", "params")
+
+
+def synflow(model: nn.Module, input_shape: tuple[int, int, int]) -> float:
+    """log of SynFlow's S for ``model`` (left unchanged: the score is computed on a copy)."""
+    probe = copy.deepcopy(model).double().eval()
+    for name, module in probe.named_modules():
+        for child_name, child in module.named_children():
+            if isinstance(child, nn.ReLU6):
+                setattr(module, child_name, nn.ReLU())
+    with torch.no_grad():
+        for parameter in probe.parameters():
+            parameter.abs_()
+    probe.zero_grad(set_to_none=True)
+    output = probe(torch.ones(1, *input_shape, dtype=torch.float64))
+    output.sum().backward()
+    total = 0.0
+    for module in probe.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module.weight.grad is not None:
+            total += float((module.weight * module.weight.grad).abs().sum())
+    return math.log(total) if total > 0 else float("-inf")
+
+
+@torch.no_grad()
+def graph_similarity(model: nn.Module, data: ImageDataset, teacher: TeacherSignals, *, batch_size: int, seed: int,
+                     batches: int = 2, stages: tuple[int, ...] = (1, 2, 3)) -> float:
+    """Minus the graph-RKD loss between the teacher's and the untrained ``model``'s relation graphs
+    on the first ``batches`` training batches of epoch 0 (BatchNorm with batch statistics, as in
+    the first training step)."""
+    model.train()
+    losses = []
+    for index, (images, _) in enumerate(train_batches(data, batch_size, seed, 0)):
+        if index >= batches:
+            break
+        _, teacher_grams = teacher.batch(0, index, images, stages)
+        _, features = model.forward_with_features(images)
+        student = [gram_matrix(features[s - 1]) for s in stages]
+        losses.append(float(graph_rkd_loss(student, [teacher_grams[s] for s in stages], similarity="cosine", k=None,
+                                           reduction="sum")))
+    return -sum(losses) / len(losses)
+
+
+class ZeroCostScorer:
+    """The zero-cost scores of a trial's untrained student, memoised per student architecture."""
+
+    def __init__(self, data: ImageDataset, teacher: TeacherSignals | None, device: torch.device | str = "cpu",
+                 batches: int = 2) -> None:
+        self.device = torch.device(device)
+        self.data = data if data.train_images.device == self.device else data.to(self.device)
+        self.teacher = teacher
+        self.batches = batches
+        self._cached = lru_cache(maxsize=4096)(self._score)
+
+    def __call__(self, config: TrainConfig) -> dict[str, float]:
+        spec = config.student.with_data(self.data.input_shape[0], self.data.num_classes)
+        return dict(self._cached(spec, config.batch_size, config.seed))
+
+    def _score(self, spec: ModelSpec, batch_size: int, seed: int) -> tuple[tuple[str, float], ...]:
+        torch.manual_seed(seed)  # the trial's own initialisation (fit seeds the same way)
+        model = build_model(spec)
+        scores = {"params": float(sum(p.numel() for p in model.parameters())),
+                  "synflow": synflow(model, self.data.input_shape)}
+        if self.teacher is not None:
+            scores["graph"] = graph_similarity(model.to(self.device), self.data, self.teacher, batch_size=batch_size, seed=seed,
+                                               batches=self.batches)
+        return tuple(scores.items())
