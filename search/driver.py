@@ -32,7 +32,8 @@ from . import names
 from .budget import UNIT_NOTE
 from .errors import SearchError
 from .lifecycle import Lifecycle, finished_trials
-from .objective import DIRECTIONS, LoopOptions, Objective, TrialLoop
+from .loop import TrialLoop
+from .objective import DIRECTIONS, LoopOptions, Objective
 from .prescreen import Prescreen
 from .recorder import FrontSettings, Recorder
 from .records import TrialRecord, TrialState
@@ -87,6 +88,7 @@ class SearchRun:
     study: Any
     parent_id: str
     recorder: Recorder
+    teacher_test_acc: float
 
 
 def load_backend(name: str):
@@ -99,14 +101,18 @@ def run_search(options: SearchOptions) -> list[TrialRecord]:
     backend = load_backend(options.backend)
     lock = OutputLock(setup.output)
     run: SearchRun | None = None
-    session = None
+    session = pool = None
     with stop_on_signals():
         try:
             session = backend.connect(setup)
             lock.acquire()  # a second search on this output folder is refused here, before any write
+            if options.backend == "optuna":  # the workers import while the teacher trains
+                from .backends.workers import WorkerPool
+
+                pool = WorkerPool(capacity=options.jobs).prewarm()
             run = start(setup, progress)
             announce(run, progress)
-            loop = trial_loop(run, progress)
+            loop = trial_loop(run, progress, pool)
             completed = backend.run_trials(loop, session)
             return finish(run, progress, completed)
         except KeyboardInterrupt as stop:
@@ -123,6 +129,8 @@ def run_search(options: SearchOptions) -> list[TrialRecord]:
                 run.tracker.end_search(run.parent_id, "FAILED")
             raise
         finally:
+            if pool is not None:
+                pool.close()
             if session is not None:
                 session.close()
             lock.release()
@@ -175,8 +183,7 @@ def start(setup: SearchSetup, progress: Progress) -> SearchRun:
     recorder.reload()
     recorder.student_epochs = sum(r.epochs for r in recorder.records)
     _mark_stale_runs(tracker, recorder)
-    progress.write(noise_note(len(setup.data.val_labels), teacher_test_acc, setup.data.val_source) + ".")
-    return SearchRun(setup, device, tracker, teacher, targets, teacher_run_id, study, parent_id, recorder)
+    return SearchRun(setup, device, tracker, teacher, targets, teacher_run_id, study, parent_id, recorder, teacher_test_acc)
 
 
 def _prepare_teacher(setup: SearchSetup, device: torch.device, progress: Progress) -> Teacher:
@@ -258,6 +265,7 @@ def announce(run: SearchRun, progress: Progress) -> None:
     ui = f"mlflow ui --backend-store-uri sqlite:///{db.resolve()}" if db is not None else f"open {uri}"
     progress.write(f"rkd-search: output {setup.output}; MLflow experiment {setup.tracking.experiment!r} at {uri} "
                    f"(browse: {ui}, then 'Model training'); front: {setup.output / 'pareto.csv'}")
+    progress.write(noise_note(len(setup.data.val_labels), run.teacher_test_acc, setup.data.val_source) + ".")
     trials = run.study.get_trials(deepcopy=False)
     if any(t.state.name != "WAITING" for t in trials):
         finished = finished_trials(run.study)
@@ -270,7 +278,7 @@ def announce(run: SearchRun, progress: Progress) -> None:
 
 # -- the loop ------------------------------------------------------------------------------------------------
 
-def trial_loop(run: SearchRun, progress: Progress) -> TrialLoop:
+def trial_loop(run: SearchRun, progress: Progress, pool=None) -> TrialLoop:
     """The objective, the lifecycle and where trials train, as the back-ends receive them."""
     from rkd_search.trainer.deploy import LatencyCache
     from rkd_search.trainer.proxies import ZeroCostScorer
@@ -296,7 +304,7 @@ def trial_loop(run: SearchRun, progress: Progress) -> TrialLoop:
             setup.data.save(data_file)
         workers = WorkerFiles(str(data_file), str(run.targets.folder) if run.targets.folder else None, o.epochs,
                               str(run.device), default_threads(o.jobs), o.train or DEFAULT_TRAIN)
-    return TrialLoop(lifecycle, objective, setup.data, run.targets, options, workers=workers)
+    return TrialLoop(lifecycle, objective, setup.data, run.targets, options, workers=workers, pool=pool)
 
 
 # -- finish: the front -------------------------------------------------------------------------------------

@@ -100,10 +100,13 @@ def promoted_count(entries: int, eta: int, finishing: bool = False) -> int:
 
 def promotable(entries: Sequence[RungEntry], eta: int, budget_macs: float, already: Iterable[int] = (),
                floor: float = 0.0, finishing: bool = False) -> list[int]:
-    """The trials of a rung that may move up now: the top ``promoted_count``, less those already promoted."""
-    done = set(already)
-    top = promotion_order(entries, budget_macs, floor)[: promoted_count(sum(e.feasible for e in entries), eta, finishing)]
-    return [number for number in top if number not in done]
+    """The trials of a rung that may move up now: the best not yet promoted, while the rung has
+    promoted fewer than ``promoted_count`` of its trials (those ``already`` promoted count, so a
+    rung of n results never sends up more than floor(n / eta) of them, or ceil when finishing)."""
+    done = set(already) & {e.number for e in entries}
+    slots = promoted_count(sum(e.feasible for e in entries), eta, finishing) - len(done)
+    waiting = [number for number in promotion_order(entries, budget_macs, floor) if number not in done]
+    return waiting[: max(0, slots)]
 
 
 def hopeless(entry: RungEntry, entries: Sequence[RungEntry], eta: int, most_entries: int) -> bool:

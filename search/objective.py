@@ -7,9 +7,7 @@ when <= 0) on every trial, so the sampler learns from over-limit students withou
 being trained. Training is the other half: a plain call into ``trainer.fit`` with the shared data
 and teacher targets (``train_student``), run by a back-end's workers.
 
-A back-end's trial loop receives a ``TrialLoop``: the trial lifecycle (study, recorder), the
-objective, the shared data and teacher targets, the ``LoopOptions`` it reads, and where training
-runs. It never sees the search that built it.
+``LoopOptions`` are what the back-ends' loops read of the search's options (``loop.TrialLoop``).
 """
 
 from __future__ import annotations
@@ -17,17 +15,12 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from rkd_search.spaces import SearchSpace, TrialContext, TrialPlan
 from rkd_search.trainer import EpochReport, ImageDataset, ModelSpec, TeacherTargets, TrainConfig, TrainResult, TrainState, fit
-
-if TYPE_CHECKING:
-    from .backends.workers import WorkerFiles
-    from .lifecycle import Lifecycle
-    from .recorder import Recorder
 
 OBJECTIVES = ("val_acc", "macs")
 DIRECTIONS = ("maximize", "minimize")
@@ -159,24 +152,3 @@ class LoopOptions:
     def compute_left(self, student_epochs: int) -> int | None:
         """Student-epochs left in the compute budget, or None without one."""
         return None if self.max_student_epochs is None else max(0, self.max_student_epochs - student_epochs)
-
-
-@dataclass
-class TrialLoop:
-    lifecycle: "Lifecycle"
-    objective: Objective
-    data: ImageDataset
-    targets: TeacherTargets | None
-    options: LoopOptions
-    train: Train = field(default=train_student)
-    """The training function of in-process runs (the loops' tests pass a stub)."""
-    workers: "WorkerFiles | None" = None
-    """Train in worker processes loading these files; None: in this process, with ``train``."""
-
-    @property
-    def study(self):
-        return self.lifecycle.study
-
-    @property
-    def recorder(self) -> "Recorder":
-        return self.lifecycle.recorder

@@ -86,11 +86,12 @@ def distillation_loss(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: ImageDataset, images: Tensor, labels: Tensor, precision: str, device: torch.device) -> Tensor:
+def predict(model: nn.Module, data: ImageDataset, images: Tensor, labels: Tensor, precision: str, device: torch.device,
+            channels_last: bool = False) -> Tensor:
     model.eval()
     outputs = []
     for x, _ in eval_batches(data, images, labels):
-        if use_channels_last(device):
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(precision, device):
             outputs.append(model(x).float())
@@ -128,7 +129,6 @@ def fit(
     """
     device = resolve_device(device)
     precision = resolve_precision(config.precision, device)
-    channels_last = use_channels_last(device)
     spec = config.student.with_data(data.input_shape[0], data.num_classes)
     data = data if data.train_images.device == device else data.to(device)
     start_epoch = resume.epoch if resume is not None else 0
@@ -138,7 +138,7 @@ def fit(
 
     signals: TeacherSignals | None
     if isinstance(teacher, nn.Module):
-        signals = LiveTeacher(teacher, config.precision, device)
+        signals = LiveTeacher(teacher, config.precision, device, data.input_shape)
     else:
         signals = teacher
     if isinstance(signals, TeacherTargets):
@@ -149,6 +149,7 @@ def fit(
     torch.manual_seed(config.seed)
     student = build_model(spec).to(device)
     ops = count_spec_ops(spec, data.resolution)
+    channels_last = use_channels_last(student, device, data.input_shape)
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
@@ -199,7 +200,7 @@ def fit(
             raise FloatingPointError(f"the loss became {epoch_values[0]} in epoch {epoch + 1}; lower the learning rate or loss weights")
         if not _all_finite(student.state_dict().values()):
             raise FloatingPointError(f"the weights stopped being finite in epoch {epoch + 1}; lower the learning rate or loss weights")
-        val_logits = predict(student, data, data.val_images, data.val_labels, precision, device)
+        val_logits = predict(student, data, data.val_images, data.val_labels, precision, device, channels_last)
         if not _all_finite([val_logits]):
             raise FloatingPointError(f"the validation logits stopped being finite in epoch {epoch + 1}; lower the learning rate")
         val_acc = float((val_logits.argmax(1) == data.val_labels).float().mean())
@@ -228,7 +229,7 @@ def fit(
         state = TrainState(len(history), weights, optimizer_state, list(history), train_seconds)
         return TrainResult(test_acc=None, teacher_agreement=None, teacher_kl=None, state=state, paused=True, **common)
 
-    test_logits = predict(student, data, data.test_images, data.test_labels, precision, device)
+    test_logits = predict(student, data, data.test_images, data.test_labels, precision, device, channels_last)
     if not _all_finite([test_logits]):
         raise FloatingPointError("the test logits are not finite; lower the learning rate")
     test_acc = float((test_logits.argmax(1) == data.test_labels).float().mean())

@@ -60,7 +60,7 @@ def synflow(model: nn.Module, input_shape: tuple[int, int, int]) -> float:
     total = 0.0
     for module in probe.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)) and module.weight.grad is not None:
-            total += float((module.weight * module.weight.grad).abs().sum())
+            total += float((module.weight * module.weight.grad).abs().sum().detach())
     return math.log(total) if total > 0 else float("-inf")
 
 

@@ -39,18 +39,20 @@ class TeacherSignals(Protocol):
         """Teacher logits on the test set, in order."""
 
 
-def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+def _prepare(model: nn.Module, device: torch.device, input_shape: tuple[int, ...] | None) -> tuple[nn.Module, bool]:
     model = model.to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    if use_channels_last(device):
+    channels_last = input_shape is not None and use_channels_last(model, device, input_shape)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model
+    return model, channels_last
 
 
 @torch.no_grad()
-def _teacher_outputs(model: nn.Module, images: Tensor, stages: tuple[int, ...], precision: str, device: torch.device):
-    if use_channels_last(device):
+def _teacher_outputs(model: nn.Module, images: Tensor, stages: tuple[int, ...], precision: str, device: torch.device,
+                     channels_last: bool = False):
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast(precision, device):
         logits, features = model.forward_with_features(images)
@@ -60,19 +62,20 @@ def _teacher_outputs(model: nn.Module, images: Tensor, stages: tuple[int, ...], 
 class LiveTeacher:
     """Runs the teacher on every batch (the reference the cache is tested against)."""
 
-    def __init__(self, model: nn.Module, precision: str = "auto", device: str | torch.device | None = None) -> None:
+    def __init__(self, model: nn.Module, precision: str = "auto", device: str | torch.device | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.model = _prepare(model, self.device)
+        self.model, self.channels_last = _prepare(model, self.device, input_shape)
 
     def batch(self, epoch, index, images, stages):
-        return _teacher_outputs(self.model, images, stages, self.precision, self.device)
+        return _teacher_outputs(self.model, images, stages, self.precision, self.device, self.channels_last)
 
     @torch.no_grad()
     def test_logits(self, data: ImageDataset) -> Tensor:
         outputs = []
         for images, _ in eval_batches(data, data.test_images.to(self.device), data.test_labels):
-            outputs.append(_teacher_outputs(self.model, images, (), self.precision, self.device)[0])
+            outputs.append(_teacher_outputs(self.model, images, (), self.precision, self.device, self.channels_last)[0])
         return torch.cat(outputs)
 
 
@@ -181,7 +184,7 @@ class TeacherTargets:
         teacher, data, batch size, seed and precision; only missing epochs are computed, and a
         damaged file is computed again. ``digest`` is the teacher's weights digest when known.
         """
-        live = LiveTeacher(teacher, precision, device)
+        live = LiveTeacher(teacher, precision, device, data.input_shape)
         key = targets_key(digest or weights_digest(teacher), data, batch_size, seed, live.precision)
         folder = Path(cache_dir) / "targets" / key.replace(":", "-") if cache_dir else None
         if folder is not None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import SearchError
 from ..fidelity import RungTable
-from ..objective import TrialLoop
+from ..loop import TrialLoop
 from .workers import Done, Epoch, Event, Executor, Failed, InProcess, Job, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ def connect(setup) -> None:
 def executor(loop: TrialLoop) -> Executor:
     if loop.workers is None:
         return InProcess(loop.train, loop.data, loop.targets, loop.options.device)
-    return WorkerPool(loop.workers, loop.options.jobs)
+    pool = loop.pool if loop.pool is not None else WorkerPool(capacity=loop.options.jobs)
+    pool.configure(loop.workers)
+    return pool
 
 
 def checkpoint_path(loop: TrialLoop, number: int) -> Path | None:
@@ -212,4 +214,5 @@ def run_trials(loop: TrialLoop, session=None) -> bool:
         loop.lifecycle.interrupt_all(f"the search stopped ({type(error).__name__})", "stopped")
         raise
     finally:
-        pool.close()
+        if pool is not loop.pool:  # a pool the driver started is the driver's to close
+            pool.close()

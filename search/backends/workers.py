@@ -184,8 +184,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(connection: Connection, files: WorkerFiles, parent: int) -> None:
-    """A worker process: load once, then train the jobs the driver sends until it sends None."""
+def worker_main(connection: Connection, parent: int) -> None:
+    """A worker process: import, receive the ``WorkerFiles`` and load them once, then train the jobs
+    the driver sends until it sends None. (Started before the files exist, while the driver trains
+    the teacher, so that its imports cost the search nothing.)"""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -194,6 +196,13 @@ def worker_main(connection: Connection, files: WorkerFiles, parent: int) -> None
     import torch
 
     from rkd_search.trainer import ImageDataset, TeacherTargets
+
+    try:
+        files = connection.recv()
+    except EOFError:
+        return
+    if files is None:
+        return
 
     try:
         torch.set_num_threads(files.threads)
@@ -254,22 +263,39 @@ class _Worker:
 
 
 class WorkerPool:
-    """``capacity`` worker processes, each training one job at a time; a dead one is replaced."""
+    """``capacity`` worker processes, each training one job at a time; a dead one is replaced.
 
-    def __init__(self, files: WorkerFiles, capacity: int = 1) -> None:
+    ``prewarm`` starts them before the files they load exist (they import meanwhile);
+    ``configure`` hands them the files."""
+
+    def __init__(self, files: WorkerFiles | None = None, capacity: int = 1) -> None:
         self.files = files
         self.capacity = capacity
         self.running: dict[int, Job] = {}
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[_Worker] = []
 
+    def prewarm(self) -> "WorkerPool":
+        while len(self.workers) < self.capacity:
+            self._start()
+        return self
+
+    def configure(self, files: WorkerFiles) -> None:
+        self.files = files
+        for worker in list(self.workers):
+            try:
+                worker.connection.send(files)
+            except (BrokenPipeError, OSError):  # died while waiting: replaced when needed
+                self.workers.remove(worker)
+
     def _start(self) -> _Worker:
         here, there = self.context.Pipe()
-        process = self.context.Process(target=worker_main, args=(there, self.files, os.getpid()), daemon=True,
-                                       name="rkd-search-worker")
+        process = self.context.Process(target=worker_main, args=(there, os.getpid()), daemon=True, name="rkd-search-worker")
         process.start()
         there.close()
         worker = _Worker(process, here)
+        if self.files is not None:
+            here.send(self.files)
         self.workers.append(worker)
         return worker
 
@@ -340,6 +366,8 @@ class WorkerPool:
             try:
                 if worker.job is None:
                     worker.connection.send(None)
+                    if self.files is None:  # still waiting for its files: one more None ends it
+                        worker.connection.send(None)
                 else:
                     worker.process.terminate()
             except (OSError, ValueError):

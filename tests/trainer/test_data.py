@@ -67,10 +67,68 @@ def test_imagefolder_is_decoded_once_then_cached(cifar_dir, tmp_path, monkeypatc
 
     monkeypatch.setattr(rkd_search.trainer.data, "_decode_images", no_decoding)
     second = load_dataset("imagefolder", cifar_dir, cache_dir=tmp_path)
-    assert (len(first.train_labels), len(first.val_labels), len(first.test_labels)) == (4500, 500, 5000)
+    assert (len(first.train_labels), len(first.val_labels), len(first.test_labels)) == (5000, 5000, 5000)
+    assert first.val_source == second.val_source == "val/ folder"
     assert first.input_shape == (3, 32, 32) and first.num_classes == 10
-    assert torch.equal(first.train_images, second.train_images)
+    assert torch.equal(first.train_images, second.train_images) and torch.equal(first.val_images, second.val_images)
     assert torch.equal(first.test_labels, second.test_labels)
+
+
+def write_tree(root, splits=("train", "test"), classes=("cat", "dog"), per_class=20, size=8, empty=()):
+    """A small ImageFolder tree of PNG files; ``empty``: (split, class) folders left without images."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split in splits:
+        for index, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            if (split, name) in empty:
+                continue
+            for number in range(per_class):
+                pixels = (torch.rand(size, size, 3, generator=generator) * 80 + 120 * index).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{number:03d}.png")
+    return root
+
+
+def test_a_val_folder_is_the_validation_split_and_without_one_a_stratified_share_of_train(tmp_path):
+    with_val = load_dataset("imagefolder", write_tree(tmp_path / "a", ("train", "val", "test"), per_class=10),
+                            cache_dir=tmp_path / "cache")
+    assert (len(with_val.train_labels), len(with_val.val_labels)) == (20, 20) and with_val.val_source == "val/ folder"
+    without = load_dataset("imagefolder", write_tree(tmp_path / "b", per_class=20), val_fraction=0.25, cache_dir=tmp_path / "cache")
+    assert (len(without.train_labels), len(without.val_labels)) == (30, 10)
+    assert without.val_labels.bincount().tolist() == [5, 5]  # stratified: a quarter of each class
+    assert "25% of train/" in without.val_source
+
+
+@pytest.mark.parametrize("empty, named", [((("train", "dog"), ("test", "dog")), "train/dog"), ((("val", "cat"),), "val/cat")])
+def test_an_empty_class_folder_is_refused_naming_it(tmp_path, empty, named):
+    root = write_tree(tmp_path / "tree", ("train", "val", "test"), empty=empty)
+    with pytest.raises(DataError, match=f"{named} holds no images"):
+        load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
+
+
+def test_a_val_folder_with_other_classes_is_refused(tmp_path):
+    root = write_tree(tmp_path / "tree")
+    write_tree(root, ("val",), classes=("cat", "cow"))
+    with pytest.raises(DataError, match="val/ and train/ hold different class folders"):
+        load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
+
+
+def test_decoding_reports_progress(tmp_path):
+    seen = []
+    load_dataset("imagefolder", write_tree(tmp_path / "tree", per_class=300), cache_dir=tmp_path / "cache",
+                 progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (1200, 1200) and len(seen) >= 3 and all(b >= a for (a, _), (b, _) in zip(seen, seen[1:]))
+
+
+def test_a_dataset_saved_for_the_workers_loads_memory_mapped_and_equal(tmp_path, synthetic):
+    from rkd_search.trainer import ImageDataset
+
+    path = synthetic.save(tmp_path / "data.pt")
+    loaded = ImageDataset.load(path)
+    assert loaded.fingerprint == synthetic.fingerprint and loaded.classes == synthetic.classes
+    assert torch.equal(loaded.val_images, synthetic.val_images) and loaded.augmentation == synthetic.augmentation
 
 
 def test_data_dir_comes_from_the_environment(cifar_dir, tmp_path, monkeypatch):

@@ -114,8 +114,10 @@ def test_a_diverging_student_fails_instead_of_reporting_chance_accuracy(syntheti
         fit(config, synthetic)
 
 
-def test_channels_last_follows_the_device():
+def test_channels_last_is_left_to_cuda_and_the_cpu():
     from rkd_search.trainer._device import use_channels_last
 
-    assert use_channels_last(torch.device("cpu")) and use_channels_last(torch.device("cuda"))
-    assert not use_channels_last(torch.device("meta")) and not use_channels_last(torch.device("mps"))
+    model = build_model(ModelSpec.parse("mbv2-1-1-1_0.25_e2k3"))
+    assert use_channels_last(model, torch.device("cuda"), (3, 32, 32))
+    assert not use_channels_last(model, torch.device("meta"), (3, 32, 32))
+    assert not use_channels_last(model, torch.device("mps"), (3, 32, 32))

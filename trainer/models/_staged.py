@@ -53,6 +53,8 @@ class ThreeStageNet(nn.Module):
     head: nn.Module
     pool: nn.Module
     fc: nn.Module
+    channels_last_on_cpu = False
+    """Train in channels_last on the CPU (where measured faster: ``bench/channels_last.py``)."""
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         features = []
@@ -73,6 +75,9 @@ class ThreeStageNet(nn.Module):
 
 class StagedResNet(ThreeStageNet):
     """Stem, three stages of basic blocks, pooled linear head.
+
+    The default memory format on the CPU: channels_last made a trial's step 1.10x (WRN-28-0.5) and
+    1.23x (ResNet-20) as long there (``bench/channels_last.py``).
 
     ``forward`` returns logits; ``forward_with_features`` returns the logits and the stage
     features the relational losses read: stages 1 and 2 as full (post-ReLU) feature maps,

@@ -11,7 +11,8 @@ from typing import Any
 from ... import names
 from ...errors import SearchError
 from ...lifecycle import finished_trials, study_storage
-from ...objective import DIRECTIONS, OBJECTIVES, TrialLoop
+from ...loop import TrialLoop
+from ...objective import DIRECTIONS, OBJECTIVES
 from ...study import STUDY_NAME
 from .cluster import RaySession, trial_resources
 from .tune import TuneEvents, lifecycle_search, pareto_rung_scheduler, train_trial
