@@ -334,7 +334,7 @@ def finish(run: SearchRun, progress: Progress, completed: bool = True) -> list[T
     if failed and not attempted:
         tracker.end_search(run.parent_id, "FAILED")
         last = failed[-1]
-        raise SearchError(f"every trial failed ({len(failed)}), none finished: see the rkd.error tag of run "
+        raise SearchError(f"every trial failed ({len(failed)}), none finished: see the {names.ERROR} tag of run "
                           f"{last.run_id} ({last.name}) in MLflow; nothing to put on a front")
     if not completed:
         tracker.set_tags(run.parent_id, {names.STOPPED: "timeout"})
@@ -345,7 +345,7 @@ def finish(run: SearchRun, progress: Progress, completed: bool = True) -> list[T
           f"({100 * summary['over_budget_share']:.0f}% of candidates), "
           f"{sum(r.state is TrialState.PRUNED for r in records)} stopped early, {len(failed)} failed"
           + (f", {len(paused)} paused" if paused else "") + ".")
-    write(f"Pareto front (validation accuracy vs MACs), tagged rkd.pareto=true in MLflow experiment "
+    write(f"Pareto front (validation accuracy vs MACs), tagged {names.PARETO}=true in MLflow experiment "
           f"{setup.tracking.experiment!r} at {setup.tracking.tracking_uri}:")
     val_size = len(setup.data.val_labels)
     write(front_table(front, val_size))

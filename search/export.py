@@ -53,16 +53,16 @@ def _student_of(tracker: Tracker, run_id: str) -> tuple[Any, dict[str, Any], dic
     tags = run.data.tags
     if tags.get(names.ROLE) == names.ROLE_SEARCH:
         raise UsageError(f"run {run_id} is a search's parent run, with no trained student: pick a run tagged "
-                         "rkd.pareto=true (rkd-search pareto)")
+                         f"{names.PARETO}=true (rkd-search pareto)")
     state = tags.get(names.STATE)
     if state != TrialState.COMPLETE:
         why = {TrialState.INFEASIBLE: "was over a limit and never trained",
                TrialState.PRUNED: f"was stopped at {tags.get(names.EPOCHS, '?')} epochs by multi-fidelity, and its weights were not kept",
-               TrialState.FAILED: "failed (see its rkd.error tag)",
+               TrialState.FAILED: f"failed (see its {names.ERROR} tag)",
                TrialState.PAUSED: "is paused at a rung, not fully trained",
                TrialState.RUNNING: "is still training"}.get(state, f"is in state {state}")
         raise UsageError(f"run {run_id} ({run.info.run_name}) {why}: it has no trained student to export; "
-                         "pick a run tagged rkd.pareto=true (rkd-search pareto)")
+                         f"pick a run tagged {names.PARETO}=true (rkd-search pareto)")
     with tempfile.TemporaryDirectory() as download:
         try:
             local = Path(tracker.client.download_artifacts(run_id, "student", download))

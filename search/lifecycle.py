@@ -108,6 +108,8 @@ class Lifecycle:
     open: dict[int, OpenTrial] = field(default_factory=dict)
     screened: dict[int, int] = field(default_factory=dict)
     """Trial number -> how many candidates the prescreen scored to choose it."""
+    plans: dict[int, TrialPlan] = field(default_factory=dict)
+    """The plans of the trials this process defined (a trial's plan never changes)."""
 
     # -- the study's side ---------------------------------------------------------------------------
     def trial(self, number: int) -> optuna.trial.Trial:
@@ -117,6 +119,7 @@ class Lifecycle:
         """Run the define-by-run function on ``trial`` (new or reopened): its plan, constraints set."""
         plan = self.objective.define(trial)
         trial.set_user_attr(names.TRIAL_MACS, float(plan.ops.macs))
+        self.plans[trial.number] = plan
         return plan
 
     def ask(self) -> tuple[int, TrialPlan]:
@@ -156,11 +159,11 @@ class Lifecycle:
         self.study.tell(number, state=OptunaState.FAIL)
 
     def plan_of(self, number: int) -> TrialPlan:
-        """The plan of a trial asked earlier (by this process or a stopped one): defined again,
-        which gives back the same parameters."""
-        if number in self.open:
-            return self.open[number].plan
-        return self.define(self.trial(number))
+        """The plan of a trial asked earlier, scored (by this process, or a stopped one: then it is
+        defined again, which gives back the same parameters)."""
+        plan = self.plans.get(number) or self.define(self.trial(number))
+        self.objective.score(plan)
+        return plan
 
     def set_attr(self, number: int, key: str, value: Any) -> None:
         self.trial(number).set_user_attr(key, value)

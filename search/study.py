@@ -20,6 +20,7 @@ from typing import Any
 
 from rkd_search.trainer.files import atomic_write_bytes
 
+from . import names
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def stored_settings(output: Path) -> dict[str, Any] | None:
     except Exception as error:
         raise UsageError(f"{journal_path(output)} is not a readable rkd-search study ({type(error).__name__}): "
                          "pass a new --output") from None
-    return dict(study.user_attrs.get("rkd.settings", {}))
+    return dict(study.user_attrs.get(names.STUDY_SETTINGS, {}))
 
 
 def startup_trials(trials: int, enqueued: int) -> int:

@@ -116,3 +116,76 @@ def test_spaces_import_no_back_end():
     _, external = import_graph()
     offenders = {m: sorted(names & {"ray", "mlflow"}) for m, names in external.items() if m.startswith(f"{NAMESPACE}.spaces")}
     assert not any(offenders.values()), offenders
+
+
+# -- the search package's own rules ------------------------------------------------------------------
+
+BACKENDS = ("rkd_search.search.backends.embedded", "rkd_search.search.backends.ray")
+LIFECYCLE = "rkd_search.search.lifecycle"
+NAMES = "rkd_search.search.names"
+OPTUNA_PRIVATE = {"_storage", "_trial_id", "_study_id", "_cached_frozen_trial"}
+
+
+def search_modules(root: Path = REPO) -> dict[str, Path]:
+    return {module_name(p, root): p for p in (root / "search").rglob("*.py")}
+
+
+def imports_of(module: str, edges: dict[str, set[str]]) -> set[str]:
+    return {target for target in edges[module]}
+
+
+def test_no_module_of_search_imports_both_back_ends():
+    edges, _ = import_graph()
+    for module, targets in edges.items():
+        if not module.startswith("rkd_search.search"):
+            continue
+        reached = {b for b in BACKENDS if any(t == b or t.startswith(b + ".") for t in targets)}
+        assert len(reached) < 2, f"{module} imports both back-ends"
+
+
+def test_only_the_lifecycle_module_names_optunas_private_attributes():
+    offenders = {}
+    for module, path in search_modules().items():
+        if module == LIFECYCLE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in OPTUNA_PRIVATE:
+                offenders.setdefault(module, []).append(f"line {node.lineno}: .{node.attr}")
+    assert not offenders, offenders
+
+
+def test_no_rkd_name_is_written_outside_the_names_module():
+    import re
+
+    pattern = re.compile(r"\brkd\.[a-z_]+")
+    offenders = {}
+    for module, path in search_modules().items():
+        if module == NAMES:
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if pattern.search(node.value):
+                    offenders.setdefault(module, []).append(f"line {node.lineno}: {node.value[:60]!r}")
+    assert not offenders, offenders
+
+
+def test_the_rules_checks_can_fail(tmp_path):
+    """The three checks above on a made-up search package that breaks each rule."""
+    (tmp_path / "search" / "backends").mkdir(parents=True)
+    for package in PACKAGES:
+        (tmp_path / package).mkdir(exist_ok=True)
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "search" / "backends" / "__init__.py").write_text("")
+    (tmp_path / "search" / "backends" / "embedded.py").write_text("")
+    (tmp_path / "search" / "backends" / "ray.py").write_text("")
+    (tmp_path / "search" / "bad.py").write_text(
+        "from .backends import embedded, ray\nTAG = 'rkd.state'\n\ndef f(study):\n    return study._storage\n")
+    edges, _ = import_graph(tmp_path)
+    assert {"rkd_search.search.backends.embedded", "rkd_search.search.backends.ray"} <= edges["rkd_search.search.bad"]
+    tree = ast.parse((tmp_path / "search" / "bad.py").read_text())
+    assert any(isinstance(n, ast.Attribute) and n.attr in OPTUNA_PRIVATE for n in ast.walk(tree))
+    assert any(isinstance(n, ast.Constant) and n.value == "rkd.state" for n in ast.walk(tree))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import math
-from functools import lru_cache
 
 import torch
 from torch import nn
@@ -92,13 +91,16 @@ class ZeroCostScorer:
         self.data = data if data.train_images.device == self.device else data.to(self.device)
         self.teacher = teacher
         self.batches = batches
-        self._cached = lru_cache(maxsize=4096)(self._score)
+        self.scores: dict[tuple, dict[str, float]] = {}
 
     def __call__(self, config: TrainConfig) -> dict[str, float]:
         spec = config.student.with_data(self.data.input_shape[0], self.data.num_classes)
-        return dict(self._cached(spec, config.batch_size, config.seed))
+        key = (spec, config.batch_size, config.seed)
+        if key not in self.scores:
+            self.scores[key] = self._score(*key)
+        return dict(self.scores[key])
 
-    def _score(self, spec: ModelSpec, batch_size: int, seed: int) -> tuple[tuple[str, float], ...]:
+    def _score(self, spec: ModelSpec, batch_size: int, seed: int) -> dict[str, float]:
         torch.manual_seed(seed)  # the trial's own initialisation (fit seeds the same way)
         model = build_model(spec)
         scores = {"params": float(sum(p.numel() for p in model.parameters())),
@@ -106,4 +108,4 @@ class ZeroCostScorer:
         if self.teacher is not None:
             scores["graph"] = graph_similarity(model.to(self.device), self.data, self.teacher, batch_size=batch_size, seed=seed,
                                                batches=self.batches)
-        return tuple(scores.items())
+        return scores

@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import names
 from ..errors import SearchError
 from ..fidelity import RungTable
 from ..loop import TrialLoop
@@ -177,7 +178,7 @@ class EmbeddedLoop:
         self.loop.recorder.progress.write(f"trial {number} ({name}) failed: {event.message}")
         if self.failures >= self.loop.options.max_consecutive_failures:
             raise SearchError(f"{self.failures} trials in a row failed, the last with {event.message}; "
-                              "see the rkd.error tags in MLflow")
+                              f"see the {names.ERROR} tags in MLflow")
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> bool:

@@ -19,7 +19,7 @@ import torch
 
 from rkd_search.search.cli import main
 
-from .helpers import RKD_SEARCH, check_search_store, mlflow_runs, run_cli, search_args
+from .helpers import check_search_store, mlflow_runs, run_cli, search_args, start_cli
 
 
 @pytest.mark.slow
@@ -28,11 +28,17 @@ def test_search_logs_the_promised_mlflow_structure_and_resumes(tmp_path):
     out = tmp_path / "out"
     data = ["--dataset", dataset]
     started = time.perf_counter()
-    first = run_cli(*search_args(out, 4, *data), cwd=tmp_path)
+    first = run_cli(*search_args(out, 4, *data, epochs=2), cwd=tmp_path)
     seconds = time.perf_counter() - started  # reported, not asserted: the figure belongs in bench/
     assert first.returncode == 0, first.stderr[-3000:]
-    front = check_search_store(out, 4)
+    front = check_search_store(out, 4, epochs=2)
     assert "MACs as counted by thop" in first.stdout
+    lines = first.stdout.splitlines()
+    assert lines[0].startswith("rkd-search: output") and lines[1].startswith("validation split: 143 images")
+    assert "standard error" in lines[1] and "val_acc_se" in first.stdout
+    with open(out / "pareto.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(0 < float(row["val_acc_se"]) < 0.1 for row in rows)
 
     table = run_cli("pareto", "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=tmp_path)
     assert table.returncode == 0, table.stderr
@@ -43,9 +49,9 @@ def test_search_logs_the_promised_mlflow_structure_and_resumes(tmp_path):
 
     _, _, _, before = mlflow_runs(out)
     trained_before = {c.info.run_id for c in before if c.data.tags["rkd.state"] == "complete"}
-    second = run_cli(*search_args(out, 6, *data), cwd=tmp_path)
+    second = run_cli(*search_args(out, 6, *data, epochs=2), cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    check_search_store(out, 6)
+    check_search_store(out, 6, epochs=2)
     _, _, _, after = mlflow_runs(out)
     new = [c for c in after if c.info.run_id not in {b.info.run_id for b in before}]
     assert len(new) == 2 and {int(c.data.tags["rkd.trial"]) for c in new} == {4, 5}
@@ -101,39 +107,41 @@ def test_export_of_a_parent_run_is_refused(digits_search):
 
 
 @pytest.mark.slow
-def test_ctrl_c_marks_the_trial_ends_the_parent_keeps_a_front_and_a_rerun_resumes(tmp_path):
-    """Ctrl-C once a trial finished and another runs: the front so far is tagged and written, the
-    running trial is marked, and the rerun says where it resumes and finishes the search."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_marks_the_trial_ends_the_parent_keeps_a_front_and_a_rerun_resumes(tmp_path, sig):
+    """SIGINT (Ctrl-C) or SIGTERM (docker stop, Kubernetes, SLURM) once a trial finished and another
+    has trained an epoch of its four: the front so far is tagged and written, the running trial is
+    marked, and the rerun says where it resumes, finishes the search and clears the failure tags."""
     from rkd_search.search import compute_front
     from rkd_search.search.tracking import Tracker, TrackingSettings
 
     out = tmp_path / "out"
-    args = ["--budget", "20MFLOPs", "--trials", "3", "--dataset", "digits", "--epochs", "3", "--teacher-epochs", "1",
-            "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", "--no-progress"]
-    process = subprocess.Popen([RKD_SEARCH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "RKD_CACHE_DIR": str(tmp_path / "cache")})
-    deadline = time.monotonic() + 240
+    args = search_args(out, 3, "--dataset", "digits", epochs=4)
+    process = start_cli(*args, cwd=tmp_path)
+    deadline = time.monotonic() + 300
     running = None
     while running is None and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(1)
+        time.sleep(0.2)
         if (out / "pareto.csv").exists() and len((out / "pareto.csv").read_text().splitlines()) >= 2:
             try:
-                _, _, _, children = mlflow_runs(out)
+                client, _, _, children = mlflow_runs(out)
+                running = next((c for c in children if c.data.tags.get("rkd.state") == "running"
+                                and client.get_metric_history(c.info.run_id, "epoch.val_acc")), None)
             except Exception:  # the store is being written
                 continue
-            running = next((c for c in children if c.data.tags.get("rkd.state") == "running"), None)
-    assert running is not None, "no trial finished and another started"
-    time.sleep(1)
-    process.send_signal(signal.SIGINT)
+    assert running is not None, "no trial finished and another trained an epoch"
+    process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
     assert stdout.splitlines()[0].startswith("rkd-search: output") and "MLflow experiment" in stdout.splitlines()[0]
-    assert "rerun the same command to resume" in stdout
+    why = "interrupted" if sig == signal.SIGINT else "stopped by SIGTERM"
+    assert f"{why} after" in stdout and "rerun the same command to resume" in stdout
     assert "Traceback" not in stderr
     _, parents, _, children = mlflow_runs(out)
     assert parents[0].info.status == "KILLED"
     interrupted = [c for c in children if c.data.tags.get("rkd.failure") == "interrupted"]
     assert len(interrupted) == 1 and interrupted[0].info.status == "KILLED"
+    assert interrupted[0].info.run_id == running.info.run_id
     tracker = Tracker(TrackingSettings(f"sqlite:///{out}/mlflow.db", "rkd-search"))
     trials = tracker.trial_records(parents[0].info.run_id)
     tagged = {r.run_id for r in trials if r.pareto}
@@ -147,7 +155,11 @@ def test_ctrl_c_marks_the_trial_ends_the_parent_keeps_a_front_and_a_rerun_resume
     assert "resuming the search in" in rerun.stdout and "of 3 trials done" in rerun.stdout
     _, parents, _, children = mlflow_runs(out)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sum(c.data.tags["rkd.state"] == "complete" for c in children) == 3
+    assert sum(c.data.tags["rkd.state"] == "complete" for c in children) == 3 and len(children) == 3
+    resumed = next(c for c in children if c.info.run_id == running.info.run_id)  # its run was reused
+    assert resumed.data.tags["rkd.state"] == "complete"
+    assert "rkd.failure" not in resumed.data.tags and "rkd.error" not in resumed.data.tags
+    assert resumed.data.tags["rkd.history"].startswith("interrupted:")
 
 
 # -- bad input: one line, exit code 2, nothing created ---------------------------------------------------
@@ -177,6 +189,18 @@ def _space_without_depths(tmp: Path) -> str:
     return str(path)
 
 
+def _binary_space(tmp: Path) -> str:
+    path = tmp / "space.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    return str(path)
+
+
+def _tree_with_an_empty_class(tmp: Path) -> str:
+    from tests.trainer.test_data import write_tree
+
+    return str(write_tree(tmp / "empty-class", empty=(("train", "dog"), ("test", "dog"))))
+
+
 def _space_with_a_bad_schedule(tmp: Path) -> str:
     path = tmp / "schedule.yaml"
     path.write_text("name: bad\nstudent:\n  family: wrn\n  depth: {wrn: [16]}\noptim:\n  schedule: linear\n")
@@ -189,6 +213,17 @@ BAD_INPUT = [
     (["--dataset", "cifar10", "--data-dir", "{tmp}/empty"], lambda t: (t / "empty").mkdir(), "could not be downloaded"),
     (["--budget", "20 parsecs"], lambda t: [], "malformed budget"),
     (["--budget", "100k"], lambda t: [], r"below the smallest student .* mbv2-1-1-1_0.25_e2k3 needs"),
+    (["--seed", "-1"], lambda t: [], r"--seed -1 is out of range: pass a whole number from 0 to 4294967295"),
+    (["--experiment", ""], lambda t: [], r"--experiment is empty"),
+    (["--space", "{binary}"], lambda t: [], r"is not a text file"),
+    (["--val-fraction", "1.5"], lambda t: [], r"--val-fraction 1.5 must be between 0 and 1"),
+    (["--jobs", "0"], lambda t: [], r"--jobs must be between 1 and 256"),
+    (["--prescreen", "0"], lambda t: [], r"--prescreen must be between 1 and 1000"),
+    (["--max-activation-memory", "1KB"], lambda t: [], r"--max-activation-memory 1 kB is below the smallest student"),
+    (["--max-latency-ms", "0.0001"], lambda t: [], r"--max-latency-ms 0.0001 is below the smallest student .* ms on this CPU"),
+    (["--max-flash", "1KB"], lambda t: [], r"--max-flash 1 kB is below the smallest student .* of int8 weights"),
+    (["--max-sram", "100"], lambda t: [], r"--max-sram 100 B is below the smallest student .* of int8 activations"),
+    (["--dataset", "imagefolder", "--data-dir", "{emptyclass}"], lambda t: [], r"train/dog holds no images"),
     (["--space", "{space}"], lambda t: [], r"graph.kk: unknown key"),
     (["--teacher", "{tmp}/no-such-teacher.pt"], lambda t: [], "does not exist"),
     (["--teacher", "{corrupt}"], lambda t: [], "not a readable PyTorch file"),
@@ -222,9 +257,11 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, monkeypatch,
     prepare(tmp_path)
     names = {"tmp": tmp_path, "space": _bad_space(tmp_path), "corrupt": _corrupt_teacher(tmp_path),
              "t100": _teacher_for_100_classes(tmp_path), "nodepths": _space_without_depths(tmp_path),
-             "schedule": _space_with_a_bad_schedule(tmp_path)}
+             "schedule": _space_with_a_bad_schedule(tmp_path), "binary": _binary_space(tmp_path / "bin") if (tmp_path / "bin").mkdir() is None else "",
+             "emptyclass": _tree_with_an_empty_class(tmp_path)}
     flags = [f.format(**names) for f in flags]
-    defaults = {"--budget": "20MFLOPs", "--dataset": "digits", "--trials": "2", "--epochs": "1", "--output": str(tmp_path / "out")}
+    defaults = {"--budget": "20MFLOPs", "--dataset": "digits", "--trials": "2", "--epochs": "1", "--output": str(tmp_path / "out"),
+                "--cache-dir": str(tmp_path / "cache")}
     argv = flags + [item for key, value in defaults.items() if key not in flags for item in (key, value)]
     argv += ["--no-progress"]
     before = {p for p in tmp_path.rglob("*") if "cache" not in p.parts}

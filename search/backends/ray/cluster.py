@@ -22,10 +22,25 @@ log = logging.getLogger(__name__)
 URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://", "az://", "file://")
 
 # Runs beside a driver that started a local Ray: when the driver is gone, every process of that
-# Ray session (named in its command line) is killed. Plain Python, Linux /proc.
+# Ray session is killed: those whose command line names the session, and those holding a file of
+# the session's folder open (Ray's agents rename themselves, "ray::DashboardAgent", but keep their
+# logs open). Plain Python, Linux /proc.
 _WATCHDOG = r"""
 import os, signal, sys, time
 driver, session = int(sys.argv[1]), sys.argv[2]
+
+def of_session(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            if session.encode() in handle.read():
+                return True
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if session in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                return True
+    except OSError:
+        pass
+    return False
+
 while True:
     try:
         os.kill(driver, 0)
@@ -34,14 +49,11 @@ while True:
     time.sleep(1)
 time.sleep(2)  # a normal exit stops Ray itself: leave it the time
 for pid in os.listdir("/proc"):
-    if not pid.isdigit() or int(pid) == os.getpid():
-        continue
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            if session.encode() in handle.read():
-                os.kill(int(pid), signal.SIGKILL)
-    except (OSError, ProcessLookupError):
-        pass
+    if pid.isdigit() and int(pid) != os.getpid() and of_session(pid):
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
 """
 
 

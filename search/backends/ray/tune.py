@@ -101,6 +101,12 @@ def lifecycle_search(lifecycle: Lifecycle, deadline: float | None = None, **kwar
         def save(self, checkpoint_path: str) -> None:
             pass
 
+        def __getstate__(self) -> dict:
+            # Tune pickles its searcher with the experiment's state, for Tuner.restore, which
+            # rkd-search never uses (the journal is the state): the study, the lifecycle and the
+            # data it reaches stay out of it
+            return {"_metric": self._metric, "_mode": self._mode}
+
     return LifecycleOptunaSearch(**kwargs)
 
 
@@ -160,6 +166,9 @@ class TuneEvents:
             def on_trial_error(self, iteration, trials, trial, **info):
                 events.error(trial)
 
+            def __getstate__(self) -> dict:  # left out of Tune's experiment state, as the searcher is
+                return {}
+
         self.callback = Forward()
 
     @property
@@ -213,6 +222,6 @@ class TuneEvents:
             pass
         if number in self.lifecycle.open:
             self.lifecycle.fail(number, message or "the trial raised", "error", int(last.get("training_iteration", 0)))
-            self.lifecycle.recorder.progress.write(f"trial {number} failed on Ray; see the rkd.error tag of its MLflow run")
+            self.lifecycle.recorder.progress.write(f"trial {number} failed on Ray; see the {names.ERROR} tag of its MLflow run")
         else:  # over a limit, never trained: its report did not arrive, its constraints say why
             self.lifecycle.infeasible(number, self.lifecycle.plan_of(number))

@@ -1,0 +1,62 @@
+"""--prescreen N: the best-scored of N feasible candidates trains; the others never do."""
+
+from __future__ import annotations
+
+from optuna.trial import TrialState as OptunaState
+
+from rkd_search.search.backends.embedded import run_trials
+from rkd_search.search.objective import Limits
+from rkd_search.search.prescreen import Prescreen
+from rkd_search.spaces import TrialPlan
+
+from .backends.loops import StubTrain, children, make_loop
+
+
+def plan_with(scores: dict) -> TrialPlan:
+    plan = TrialPlan.__new__(TrialPlan)
+    plan.scores = scores
+    return plan
+
+
+def test_the_best_mean_rank_wins_and_ties_go_to_the_first_candidate():
+    prescreen = Prescreen(3)
+    plans = [(4, plan_with({"graph": -2.0, "params": 9.0})), (5, plan_with({"graph": -1.0, "params": 8.0})),
+             (6, plan_with({"graph": -3.0, "params": 1.0}))]
+    assert prescreen.choose(plans) == 4  # ranks: 4 -> (1 + 0) / 2, 5 -> (0 + 1) / 2: a tie, the first asked wins
+    assert Prescreen(3, proxies=("graph",)).choose(plans) == 5
+    assert prescreen.choose(plans[2:]) == 6
+
+
+class RecordingPrescreen(Prescreen):
+    def __init__(self, candidates):
+        super().__init__(candidates)
+        self.choices = []
+
+    def choose(self, plans):
+        chosen = super().choose(plans)
+        self.choices.append(([(number, plan) for number, plan in plans], chosen))
+        return chosen
+
+
+def test_the_prescreen_trains_the_best_scored_feasible_candidate_and_never_one_over_a_limit(tracker, tmp_path, synthetic):
+    def scorer(plan):  # wider is better, by both proxies
+        return {"graph": plan.config.student.width, "params": plan.config.student.width}
+
+    prescreen = RecordingPrescreen(4)
+    loop = make_loop(tracker, tmp_path, StubTrain(), trials=5, synthetic=synthetic, scorer=scorer, prescreen=prescreen,
+                     limits=Limits(20e6, max_params=100_000))
+    assert run_trials(loop) is True
+    assert prescreen.choices and all(len(plans) >= 2 for plans, _ in prescreen.choices)
+    for plans, chosen in prescreen.choices:
+        assert all(plan.feasible for _, plan in plans), "a candidate over a limit was in the running"
+        assert dict(plans)[chosen].config.student.width == max(plan.config.student.width for _, plan in plans)
+    trials = loop.study.trials
+    screened = [t for t in trials if t.user_attrs.get("rkd.screened_out")]
+    assert screened and all(t.state == OptunaState.FAIL for t in screened)
+    records = {r.number: r for r in children(tracker, loop)}
+    assert not set(records) & {t.number for t in screened}, "a screened-out candidate got a run"
+    assert sum(r.state.finished for r in records.values()) == 5
+    assert {chosen for _, chosen in prescreen.choices} <= set(records)
+    tags = {number: tracker.client.get_run(r.run_id).data.tags for number, r in records.items()}
+    assert all(int(tags[chosen]["rkd.prescreen"]) == len(plans) for plans, chosen in prescreen.choices)
+    assert all("score.graph" in r.metrics for r in records.values() if r.state.value == "complete")

@@ -1,0 +1,76 @@
+"""Zero-cost proxies, each on a case checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rkd_search.trainer import ModelSpec, TrainConfig, build_model
+from rkd_search.trainer.losses import gram_matrix
+from rkd_search.trainer.proxies import ZeroCostScorer, graph_similarity, synflow
+
+
+def test_synflow_of_a_two_layer_linear_chain_matches_the_hand_computation():
+    # |W1| = [[1, 2], [3, 4]], |W2| = [5, 6]; R = |W2| |W1| 1 = 5 * 3 + 6 * 7 = 57. Every layer's
+    # sum of |theta * dR/dtheta| is R itself in a linear chain, so S = 2 R = 114.
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -2.0], [3.0, 4.0]]))
+        model[1].weight.copy_(torch.tensor([[5.0, -6.0]]))
+    assert synflow(model, (2,)) == pytest.approx(math.log(114))
+    assert model[0].weight[0, 1] == -2.0, "the model itself is left unchanged"
+
+
+def test_synflow_sees_through_relu6():
+    """An all-ones input drives ReLU6 units past 6, where they have no gradient: replaced by ReLU."""
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU6(), nn.Linear(1, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(10.0)
+        model[2].weight.fill_(2.0)
+    assert synflow(model, (1,)) == pytest.approx(math.log(2 * 20.0))
+
+
+class FixedTeacher:
+    def __init__(self, grams):
+        self.grams = grams
+
+    def batch(self, epoch, index, images, stages):
+        return None, {s: self.grams[index][s] for s in stages}
+
+
+def test_the_graph_proxy_is_zero_for_the_teachers_own_geometry_and_negative_otherwise(synthetic):
+    spec = ModelSpec("wrn", 10, 0.5, num_classes=4)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    from rkd_search.trainer.data import train_batches
+
+    own = []
+    model.train()
+    with torch.no_grad():
+        for index, (images, _) in enumerate(train_batches(synthetic, 32, 0, 0)):
+            if index == 2:
+                break
+            own.append({s + 1: gram_matrix(f) for s, f in enumerate(model.forward_with_features(images)[1])})
+    torch.manual_seed(0)
+    same = graph_similarity(build_model(spec), synthetic, FixedTeacher(own), batch_size=32, seed=0)
+    assert same == pytest.approx(0.0, abs=1e-6)
+    other = [{s: torch.eye(32) + 0.5 for s in (1, 2, 3)} for _ in range(2)]
+    torch.manual_seed(0)
+    assert graph_similarity(build_model(spec), synthetic, FixedTeacher(other), batch_size=32, seed=0) < -0.01
+
+
+def test_the_scorer_gives_every_proxy_and_parameters_alone_memoised(synthetic):
+    from rkd_search.trainer import TeacherTargets
+
+    teacher = build_model(ModelSpec("wrn", 10, 0.5, num_classes=4))
+    targets = TeacherTargets.compute(teacher, synthetic, epochs=1, batch_size=32)
+    scorer = ZeroCostScorer(synthetic, targets)
+    small = scorer(TrainConfig(student=ModelSpec("wrn", 10, 0.25), batch_size=32))
+    large = scorer(TrainConfig(student=ModelSpec("wrn", 10, 1.0), batch_size=32))
+    assert set(small) == {"graph", "synflow", "params"}
+    assert small["params"] == sum(p.numel() for p in build_model(ModelSpec("wrn", 10, 0.25, num_classes=4)).parameters())
+    assert large["params"] > small["params"] and large["synflow"] > small["synflow"] and small["graph"] <= 0
+    assert scorer(TrainConfig(student=ModelSpec("wrn", 10, 0.25), batch_size=32)) == small and len(scorer.scores) == 2
