@@ -61,6 +61,10 @@ def _search_parser() -> argparse.ArgumentParser:
                       help=f"epochs to train the teacher when it is not a file (default {defaults.TEACHER_EPOCHS})")
     data.add_argument("--teacher-taps", help="the teacher's layers whose outputs the graph losses read, three comma-separated "
                                              "node names (default: the ends of its last three resolution stages)")
+    data.add_argument("--teacher-size", type=int, help="the input size a teacher you bring expects, in pixels (default: the data's); "
+                                                       "the student keeps the data's size")
+    data.add_argument("--teacher-norm", help="the normalisation a teacher you bring expects: imagenet (default for torchvision "
+                                             "and timm), data, or MEAN,MEAN,MEAN/STD,STD,STD")
     data.add_argument("--trust-teacher-code", action="store_true", help="allow a teacher file whose loading runs pickled code")
     data.add_argument("--cache-dir", type=Path, help="teachers, teacher targets and decoded datasets (env RKD_CACHE_DIR, default ~/.cache/rkd-search)")
     trials = parser.add_argument_group("trials")
@@ -161,7 +165,8 @@ def _search(argv: list[str]) -> int:
     options = SearchOptions(
         budget=parse_budget(args.budget), trials=args.trials, dataset=args.dataset, data_dir=args.data_dir,
         val_fraction=args.val_fraction, teacher=args.teacher, teacher_epochs=args.teacher_epochs,
-        trust_teacher_code=args.trust_teacher_code, teacher_taps=args.teacher_taps, jobs=args.jobs, prescreen=args.prescreen,
+        trust_teacher_code=args.trust_teacher_code, teacher_taps=args.teacher_taps, teacher_size=args.teacher_size,
+        teacher_norm=args.teacher_norm, jobs=args.jobs, prescreen=args.prescreen,
         epochs=args.epochs, batch_size=args.batch_size, space=args.space, sampler=args.sampler, seed=args.seed,
         output=args.output, experiment=args.experiment, tracking_uri=args.tracking_uri, mlflow_config=args.mlflow_config,
         backend=args.backend, cache_dir=args.cache_dir, precision=args.precision, device=args.device,

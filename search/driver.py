@@ -192,7 +192,7 @@ def _prepare_teacher(setup: SearchSetup, device: torch.device, progress: Progres
 
     def report(epoch_report: EpochReport) -> None:
         if not bars:
-            bars.append(progress.bar_for(o.teacher_epochs, 0, f"teacher {setup.teacher.spec.name}", "epoch"))
+            bars.append(progress.bar_for(o.teacher_epochs, 0, f"teacher {setup.teacher.name}", "epoch"))
         if bars[0] is not None:
             bars[0].update(1)
             bars[0].set_postfix(val_acc=f"{epoch_report.val_acc:.3f}", s_per_epoch=f"{epoch_report.seconds:.1f}")
@@ -243,9 +243,9 @@ def _teacher_run(setup: SearchSetup, tracker: Tracker, teacher: Teacher, test_ac
         metrics["val_acc"] = float(teacher.meta["val_acc"])
     chance = schema.majority_share(setup.data)
     if test_acc <= chance + 0.01:
-        progress.write(f"warning: the teacher {teacher.spec.name} scores {100 * test_acc:.1f}% on this data's test images, no "
+        progress.write(f"warning: the teacher {teacher.name} scores {100 * test_acc:.1f}% on this data's test images, no "
                        f"better than guessing ({100 * chance:.1f}%): distilling from it teaches nothing; check --teacher")
-    return tracker.teacher_run(teacher.digest, f"{teacher.spec.name}-{setup.data.name}", params=schema.teacher_params(teacher, setup.data),
+    return tracker.teacher_run(teacher.digest, f"{teacher.name}-{setup.data.name}", params=schema.teacher_params(teacher, setup.data),
                                metrics=metrics, checkpoint=teacher.checkpoint)
 
 

@@ -54,6 +54,8 @@ class SearchOptions:
     teacher_epochs: int = defaults.TEACHER_EPOCHS
     trust_teacher_code: bool = False
     teacher_taps: str | None = None
+    teacher_size: int | None = None
+    teacher_norm: str | None = None
     epochs: int = defaults.EPOCHS
     batch_size: int | None = None  # None: the dataset's default (128; 32 for digits)
     space: str = "default"
@@ -153,7 +155,7 @@ def validate(options: SearchOptions, progress: Callable[[int, int], None] | None
     check_limits_reachable(options, space, context, cache_dir)
     try:
         teacher = find_teacher(o.teacher, data, epochs=o.teacher_epochs, seed=o.seed, trust_code=o.trust_teacher_code,
-                               taps=o.teacher_taps)
+                               taps=o.teacher_taps, size=o.teacher_size, normalization=o.teacher_norm)
     except TeacherError as error:
         raise UsageError(str(error)) from None
     study_settings = {
@@ -274,5 +276,8 @@ def check_existing_study(output: Path, settings: dict[str, Any], tracking: Track
 
 
 def default_threads(jobs: int) -> int:
-    """Torch threads per worker: the machine's cores shared between the jobs."""
-    return max(1, (os.cpu_count() or 1) // jobs)
+    """Torch threads per worker: the threads this process may use (the cores, or OMP_NUM_THREADS)
+    shared between the jobs. More threads than cores makes every training spin and wait."""
+    import torch
+
+    return max(1, min(os.cpu_count() or 1, torch.get_num_threads()) // jobs)

@@ -69,6 +69,36 @@ def load_checkpoint(path: str | os.PathLike, *, trust_code: bool = False) -> tup
     return model.eval(), spec, dict(stored.get("meta", {}))
 
 
+def is_own_checkpoint(path: str | os.PathLike, trust_code: bool = False) -> bool:
+    """Whether ``path`` is a model written by rkd-search (its checkpoint format, or, with
+    ``trust_code``, a pickled module of its own with ``forward_with_features`` and ``spec``).
+    A missing or unreadable file counts as one, so that ``load_checkpoint`` says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        return not path.suffix == ".ts"
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickled code, TorchScript, or not a PyTorch file at all
+        if "Unsupported global" in str(error) and trust_code:
+            try:
+                stored = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception:
+                return True
+            return isinstance(stored, nn.Module) and hasattr(stored, "forward_with_features") and hasattr(stored, "spec")
+        return not _is_torchscript(path) and "Unsupported global" not in str(error)
+    if isinstance(stored, dict) and stored.get("format") == CHECKPOINT_FORMAT:
+        return True
+    return not (isinstance(stored, dict) and stored and all(isinstance(v, torch.Tensor) for v in stored.values()))
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        torch.jit.load(str(path), map_location="cpu")
+        return True
+    except Exception:
+        return False
+
+
 def check_teacher_fits(spec: ModelSpec, data: ImageDataset, source: str) -> None:
     if spec.num_classes != data.num_classes:
         raise TeacherError(

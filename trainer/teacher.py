@@ -17,13 +17,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .checkpoint import TeacherError, check_teacher_fits, load_checkpoint, save_checkpoint, weights_digest
+from .checkpoint import TeacherError, check_teacher_fits, is_own_checkpoint, load_checkpoint, save_checkpoint, weights_digest
 from .config import EpochReport, LossConfig, TrainConfig
 from .data import ImageDataset, default_cache_dir
 from .defaults import TEACHER, TEACHER_EPOCHS
 from .loop import fit
 from .models import ModelSpec, build_model
-from .ops import OpsCount, count_spec_ops
+from .foreign import adapter_digest, foreign_teacher, parse_reference
+from .ops import OpsCount, count_spec_ops, count_teacher_ops
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,15 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 @dataclass
 class TeacherSource:
-    """What ``--teacher`` names: a loaded checkpoint (``model`` set) or an architecture to train."""
+    """What ``--teacher`` names: a loaded model (``model`` set) or one of rkd-search's
+    architectures to train (``spec`` set, ``model`` None)."""
 
-    spec: ModelSpec
+    name: str
+    """Shown and logged: ``wrn28_1``, ``torchvision:resnet18``, ``torchscript:teacher.pt``, ..."""
     reference: str
     """Identifies the teacher across runs: the checkpoint's absolute path, or ``NAME-eEPOCHS-sSEED``."""
+    spec: ModelSpec | None = None
+    """rkd-search's own architecture (None for a foreign teacher)."""
     model: nn.Module | None = None
     checkpoint: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -47,36 +52,46 @@ class Teacher:
     """A teacher ready to distil from."""
 
     model: nn.Module
-    spec: ModelSpec
+    name: str
     reference: str
     meta: dict[str, Any]
     checkpoint: Path | None
     digest: str
     ops: OpsCount
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    spec: ModelSpec | None = None
 
 
 def find_teacher(reference: str, data: ImageDataset, *, epochs: int = TEACHER_EPOCHS, seed: int = 0,
-                 trust_code: bool = False, taps: str | None = None) -> TeacherSource:
-    """Read ``reference``: a checkpoint file (loaded and checked against ``data`` now) or an architecture.
+                 trust_code: bool = False, taps: str | None = None, size: int | None = None,
+                 normalization: str | None = None) -> TeacherSource:
+    """Read ``reference``: one of rkd-search's architectures (trained later), its checkpoint file, or
+    a teacher the user has (``torchvision:NAME=WEIGHTS``, ``timm:NAME=WEIGHTS``, a TorchScript file,
+    a pickled module): loaded and checked against ``data`` now, its taps found or checked.
 
     Raises ``TeacherError`` with what to do when the file is missing, unreadable, unsafe or made
-    for other data, or the architecture is unknown. Nothing is trained or written.
+    for other data, the architecture is unknown, or the taps cannot be found. Nothing is trained or written.
     """
-    looks_like_file = reference.endswith(CHECKPOINT_SUFFIXES) or "/" in reference or Path(reference).exists()
-    if looks_like_file:
+    foreign = parse_reference(reference) is not None
+    looks_like_file = reference.endswith(CHECKPOINT_SUFFIXES + (".ts", ".jit")) or "/" in reference or Path(reference).exists()
+    own_options = taps is None and size is None and normalization is None
+    if not foreign and looks_like_file and own_options and is_own_checkpoint(reference, trust_code):
         model, spec, meta = load_checkpoint(reference, trust_code=trust_code)
         check_teacher_fits(spec, data, reference)
         path = Path(reference).resolve()
-        return TeacherSource(spec, str(path), model, path, meta)
+        return TeacherSource(spec.name, str(path), spec, model, path, meta)
+    if foreign or looks_like_file:
+        model, name, meta = foreign_teacher(reference, data, taps=taps, size=size, normalization=normalization,
+                                            trust_code=trust_code)
+        path = Path(meta.get("weights") or meta["file"])
+        return TeacherSource(name, f"{name}|{path}|{adapter_digest(meta)}", None, model, path, meta)
+    if not own_options:
+        raise TeacherError("--teacher-taps, --teacher-size and --teacher-norm are for a teacher you bring "
+                           "(torchvision:NAME=WEIGHTS, timm:NAME=WEIGHTS, a TorchScript or pickled module)")
     try:
         spec = ModelSpec.parse(reference, data.input_shape[0], data.num_classes)
     except ValueError as error:
-        raise TeacherError(f"--teacher: {error}; or pass a checkpoint file") from None
-    return TeacherSource(spec, f"{spec.name}-e{epochs}-s{seed}")
+        raise TeacherError(f"--teacher: {error}; or pass a checkpoint file, or torchvision:NAME=WEIGHTS") from None
+    return TeacherSource(spec.name, f"{spec.name}-e{epochs}-s{seed}", spec)
 
 
 def prepare_teacher(
@@ -99,8 +114,13 @@ def prepare_teacher(
     else:
         model, spec, meta, checkpoint = train_teacher(data, source.spec, epochs=epochs, seed=seed, cache_dir=cache_dir,
                                                       device=device, report=report, progress=progress)
-    return Teacher(model.eval(), spec, source.reference, meta, checkpoint, weights_digest(model),
-                   count_spec_ops(spec, data.resolution))
+    digest = weights_digest(model)
+    if spec is not None:
+        ops = count_spec_ops(spec, data.resolution)
+    else:  # a foreign teacher: counted at the data's resolution through its own preprocessing
+        digest = f"{digest}{adapter_digest(meta)}"
+        ops = count_teacher_ops(model, data.input_shape)
+    return Teacher(model.eval(), source.name, source.reference, meta, checkpoint, digest, ops, spec)
 
 
 def teacher_cache_path(data: ImageDataset, spec: ModelSpec, epochs: int, seed: int, cache_dir: str | os.PathLike | None) -> Path:

@@ -51,7 +51,7 @@ def parent_params(options: Any, data: ImageDataset, space: Any, batch_size: int,
         "space": space.name, "space.digest": space.digest, "sampler": o.sampler, "seed": o.seed,
         "epochs": o.epochs, "batch_size": batch_size, "backend": o.backend, "precision": o.precision,
         "rungs": ",".join(map(str, o.rungs)), "eta": o.eta, "jobs": o.jobs, "prescreen": o.prescreen,
-        "teacher": teacher.spec.name, "teacher.reference": teacher.reference,
+        "teacher": teacher.name, "teacher.reference": teacher.reference,
         "teacher.run_id": teacher_run_id, "teacher.digest": teacher.digest,
         "teacher.test_acc": round(teacher_test_acc, 4),
     }
@@ -74,7 +74,7 @@ def parent_files(space_text: str, params: dict[str, Any], output: Path) -> dict[
 
 def teacher_params(teacher: Teacher, data: ImageDataset) -> dict[str, Any]:
     """The teacher run's params: where it came from and how it is fed and tapped."""
-    params = {"teacher.arch": teacher.spec.name, "teacher.dataset": data.name, "teacher.reference": teacher.reference,
+    params = {"teacher.arch": teacher.meta.get("architecture", teacher.name), "teacher.dataset": data.name, "teacher.reference": teacher.reference,
               "teacher.epochs": teacher.meta.get("epochs", "unknown"), "teacher.checkpoint": str(teacher.checkpoint or ""),
               "teacher.source": teacher.meta.get("source", "rkd-search")}
     for key in ("taps", "input_size", "mean", "std"):

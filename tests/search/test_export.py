@@ -119,3 +119,70 @@ def test_export_of_a_run_without_weights_is_refused_with_the_reason(cifar_search
     assert result.returncode == 2 and reason in result.stderr and "no trained student" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     client.delete_run(run.info.run_id)
+
+
+def readme_snippet() -> str:
+    """The README's ONNX Runtime snippet, as written there."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("Run it on one image with ONNX Runtime:")
+    block = readme[readme.index("```python", start) + len("```python"):]
+    return block[: block.index("```")]
+
+
+def run_readme_snippet(folder: Path, image: Path, cwd: Path) -> str:
+    import subprocess
+    import sys
+
+    code = readme_snippet().replace('"deploy/exports/t007-..."', repr(str(folder))).replace('"cat.png"', repr(str(image)))
+    assert repr(str(folder)) in code and repr(str(image)) in code, "the README snippet changed: update this test"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
+@pytest.mark.slow
+def test_the_readme_snippet_runs_on_an_rgb_and_a_grayscale_export(digits_search, cifar_search, cifar_dir, tmp_path):
+    from PIL import Image
+
+    for root, out, image in ((digits_search, digits_search / "out", None), (*cifar_search, next((cifar_dir / "test" / "cat").iterdir()))):
+        chosen = _front_run(out)
+        result = run_cli("export", chosen.info.run_id, "--raw-input", "--int8", "--calibration-images", "64",
+                         "--output", str(tmp_path / out.parent.name), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
+        assert result.returncode == 0, result.stderr[-2000:]
+        folder = tmp_path / out.parent.name / "exports" / chosen.info.run_name
+        card = json.loads((folder / "student.json").read_text())
+        if image is None:  # digits: a grayscale image of the export's own size
+            assert card["input"]["channel_order"] == "gray" and card["input"]["shape"][1] == 1
+            image = tmp_path / "digit.png"
+            Image.fromarray((np.arange(64, dtype=np.uint8).reshape(8, 8) * 4)).save(image)
+        else:
+            assert card["input"]["channel_order"] == "RGB"
+        assert run_readme_snippet(folder, image, tmp_path) in card["output"]["classes"]
+
+
+@pytest.mark.slow
+def test_an_export_is_readable_by_others_and_a_read_only_output_is_one_line_exit_2(digits_search, tmp_path):
+    import os
+    import stat
+    import subprocess
+
+    from .helpers import RKD_SEARCH, env_for
+    from .test_reliability import readonly_prefix
+
+    out = digits_search / "out"
+    chosen = _front_run(out)
+    result = run_cli("export", chosen.info.run_id, "--output", str(tmp_path / "shared"), "--tracking-uri",
+                     f"sqlite:///{out}/mlflow.db", cwd=digits_search)
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = tmp_path / "shared" / "exports" / chosen.info.run_name
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask  # not the private 0700 of a temporary folder
+
+    prefix, mount = readonly_prefix(tmp_path)
+    refused = subprocess.run([*prefix, RKD_SEARCH, "export", chosen.info.run_id, "--output", str(mount / "exports"),
+                              "--tracking-uri", f"sqlite:///{out}/mlflow.db"], cwd=digits_search, capture_output=True,
+                             text=True, timeout=300, env=env_for(digits_search))
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.strip().startswith("rkd-search: error: export --output") and "cannot be written" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

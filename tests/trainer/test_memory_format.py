@@ -42,7 +42,6 @@ def test_every_family_trains_at_48_and_64_px_without_a_native_crash(resolution):
         import torch.nn.functional as F
         from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig, dataset_from_tensors, fit
         from rkd_search.trainer.targets import LiveTeacher
-        torch.set_num_threads(2)
         generator = torch.Generator().manual_seed(0)
         images = F.interpolate(torch.rand(300, 3, 8, 8, generator=generator) * 255, size={resolution}, mode="bilinear")
         images = images.round().clamp(0, 255).to(torch.uint8)
