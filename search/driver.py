@@ -161,7 +161,7 @@ def start(setup: SearchSetup, progress: Progress) -> SearchRun:
     targets = _prepare_targets(setup, teacher, device, progress)
     teacher_test_acc = float((targets.test_logits(setup.data).cpu().argmax(1) == setup.data.test_labels.cpu()).float().mean())
     teacher_run_id = _teacher_run(setup, tracker, teacher, teacher_test_acc, progress)
-    enqueued = setup.space.enqueued_params(setup.context)
+    enqueued = setup.space.enqueued_params(setup.context) if o.enqueue else []
     study = open_study(setup.output, DIRECTIONS, o.sampler, o.seed, o.trials, len(enqueued), o.jobs)
     if names.STUDY_SETTINGS not in study.user_attrs:
         # the hand-designed students first, the settings (which mark the study as set up) last: a

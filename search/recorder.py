@@ -140,7 +140,10 @@ class Recorder:
                               f"{settings.title} ({len(self.records)} trials)")
         self.tracker.log_parent_files(self.parent_id, [csv_path, png_path])
         volume = hypervolume(front, settings.budget_macs, settings.majority_share)
-        self.tracker.log_metrics(self.parent_id, {"hypervolume": volume, "front_size": float(len(front))}, step=self.student_epochs)
+        metrics = {"hypervolume": volume, "front_size": float(len(front))}
+        if front:
+            metrics["best_val_acc"] = max(r.metrics["val_acc"] for r in front)
+        self.tracker.log_metrics(self.parent_id, metrics, step=self.student_epochs)
         return front
 
 

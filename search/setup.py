@@ -85,6 +85,8 @@ class SearchOptions:
     max_flash_bytes: float | None = None
     max_sram_bytes: float | None = None
     measure_latency: bool = True
+    enqueue: bool = True
+    """Train the space's hand-picked students first (benchmarks turn it off for a plain random search)."""
     # Ray back-end
     address: str | None = None
     trial_resources: dict[str, float] = field(default_factory=dict)
@@ -164,7 +166,7 @@ def validate(options: SearchOptions, progress: Callable[[int, int], None] | None
         "seed": o.seed, "teacher": teacher.reference, "precision": o.precision, "backend": o.backend,
         "rungs": o.rungs, "eta": o.eta, "max_params": o.max_params, "max_activation_bytes": o.max_activation_bytes,
         "max_latency_ms": o.max_latency_ms, "max_flash_bytes": o.max_flash_bytes, "max_sram_bytes": o.max_sram_bytes,
-        "prescreen": o.prescreen, "tracking_store": tracking.store_id, "experiment": tracking.experiment,
+        "prescreen": o.prescreen, "enqueue": o.enqueue, "tracking_store": tracking.store_id, "experiment": tracking.experiment,
     }
     check_existing_study(output, study_settings, tracking)
     return SearchSetup(options, output, space, tracking, cache_dir, data, batch_size, context, teacher, study_settings)

@@ -269,6 +269,13 @@ def load_module(reference: str, trust_code: bool) -> tuple[nn.Module, str, dict[
     if not path.is_file():
         raise TeacherError(f"teacher {reference} is not a file, an architecture, or torchvision:NAME=WEIGHTS / timm:NAME=WEIGHTS")
     try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - TorchScript or pickled code: tried below
+        stored = None
+    if isinstance(stored, dict) and stored and all(isinstance(v, Tensor) for v in stored.values()):
+        raise TeacherError(f"{path} is a state_dict, which needs its architecture: pass torchvision:NAME={path} "
+                           f"or timm:NAME={path}")
+    try:
         model = torch.jit.load(str(path), map_location="cpu")
         return model.eval(), f"torchscript:{path.name}", {"source": "torchscript", "file": str(path.resolve())}, True
     except Exception:  # noqa: BLE001 - not TorchScript: maybe a pickled module

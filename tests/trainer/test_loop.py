@@ -121,3 +121,12 @@ def test_channels_last_is_left_to_cuda_and_the_cpu():
     assert use_channels_last(model, torch.device("cuda"), (3, 32, 32))
     assert not use_channels_last(model, torch.device("meta"), (3, 32, 32))
     assert not use_channels_last(model, torch.device("mps"), (3, 32, 32))
+
+
+def test_fit_reports_batch_progress(synthetic):
+    """Every step reports (done, total) within its epoch: a progress bar for long epochs."""
+    seen = []
+    config = TrainConfig(student=STUDENT, epochs=2, batch_size=32, precision="fp32")
+    fit(config, synthetic, batch_progress=lambda done, total: seen.append((done, total)))
+    steps = len(synthetic.train_labels) // 32
+    assert seen == [(i, steps) for i in range(1, steps + 1)] * 2

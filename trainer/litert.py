@@ -1,0 +1,153 @@
+"""Shipping a student to a microcontroller: LiteRT (TensorFlow Lite) models, fully integer, checked
+by the LiteRT interpreter.
+
+- ``export_litert`` converts with Google's maintained PyTorch converter (``litert-torch``): the
+  float model as is, and with ``int8`` a fully-integer model through PyTorch 2 export
+  quantization (``torchao``'s ``prepare_pt2e``/``convert_pt2e`` with litert-torch's
+  ``PT2EQuantizer``: int8 weights per channel, int8 activations per tensor, calibrated on training
+  images). The int8 model's input and output are int8, as TFLite Micro expects; the input is
+  channels-last (N, H, W, C), the layout a C program holds pixels in.
+- With ``raw_input`` the normalisation is inside the model and its input is the pixels
+  themselves: calibration always sees 0 and 255, so the int8 input has scale 1 and zero point
+  -128 (feed ``pixel - 128``).
+- ``litert_predict`` runs a ``.tflite`` file with the LiteRT interpreter (batch 1, as a device
+  does) on uint8 images, quantizing the input and dequantizing the output with the model's own
+  parameters.
+
+Needs the optional extra: ``pip install 'rkd-search[litert]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data import normalize
+from .deploy import RawImageInput
+from .files import atomic_write
+
+
+class LiteRTMissing(ImportError):
+    """litert-torch (and its interpreter) are not installed."""
+
+
+def _modules():
+    try:
+        import litert_torch
+        from ai_edge_litert.interpreter import Interpreter
+        from litert_torch.quantize import pt2e_quantizer
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e import quantize_pt2e
+    except ImportError as error:
+        raise LiteRTMissing(f"the LiteRT export needs litert-torch ({error.name} is missing): pip install 'rkd-search[litert]'") from None
+    return litert_torch, Interpreter, pt2e_quantizer, QuantConfig, quantize_pt2e
+
+
+@dataclass(frozen=True)
+class TensorFormat:
+    """A LiteRT model's input or output as a C programmer sees it."""
+
+    shape: list[int]
+    dtype: str
+    scale: float
+    zero_point: int
+
+    def to_dict(self) -> dict:
+        return {"shape": self.shape, "dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
+
+
+class ChannelsLastInput(nn.Module):
+    """Takes (N, H, W, C) images and hands the model (N, C, H, W): the device's layout at the input."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images.permute(0, 3, 1, 2))
+
+
+def export_litert(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, *, int8: bool = False,
+                  calibration: Sequence[np.ndarray] = (), raw_input: bool = False, mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None) -> Path:
+    """Write ``model`` as a ``.tflite`` file with an (1, H, W, C) input.
+
+    ``calibration``: batches of uint8 (N, C, H, W) training images, required with ``int8``. With
+    ``raw_input`` the model takes pixel values (0-255); otherwise ``(pixels / 255 - mean) / std``.
+    """
+    litert_torch, _, pt2e_quantizer, QuantConfig, quantize_pt2e = _modules()
+    model = model.eval()
+    if raw_input:
+        model = RawImageInput(model, mean, std).eval()
+    wrapped = ChannelsLastInput(model).eval()
+    channels, height, width = input_shape
+    example = (torch.zeros(1, height, width, channels),)
+
+    def feed(images: np.ndarray) -> Tensor:
+        x = torch.from_numpy(images)
+        x = x.float() if raw_input else normalize(x, tuple(mean), tuple(std))
+        return x.permute(0, 2, 3, 1).contiguous()
+
+    if not int8:
+        converted = litert_torch.convert(wrapped, example)
+    else:
+        if not len(calibration):
+            raise ValueError("an int8 LiteRT export needs calibration images")
+        quantizer = pt2e_quantizer.PT2EQuantizer().set_global(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+        prepared = quantize_pt2e.prepare_pt2e(torch.export.export(wrapped, example).module(), quantizer)
+        with torch.no_grad():
+            if raw_input:  # the whole pixel range, so that the input's int8 scale is exactly 1
+                prepared(torch.zeros(1, height, width, channels))
+                prepared(torch.full((1, height, width, channels), 255.0))
+            for batch in calibration:
+                for image in feed(batch):
+                    prepared(image[None])
+        quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+        converted = litert_torch.convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    return atomic_write(path, lambda temporary: converted.export(str(temporary)))
+
+
+def _interpreter(path: str | os.PathLike):
+    _, Interpreter, *_ = _modules()
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def tensor_formats(path: str | os.PathLike) -> tuple[TensorFormat, TensorFormat]:
+    """The model's input and output: shape, dtype and quantization (scale 0 for a float tensor)."""
+    interpreter = _interpreter(path)
+
+    def describe(detail) -> TensorFormat:
+        scale, zero_point = detail["quantization"]
+        return TensorFormat([int(v) for v in detail["shape"]], np.dtype(detail["dtype"]).name, float(scale), int(zero_point))
+
+    return describe(interpreter.get_input_details()[0]), describe(interpreter.get_output_details()[0])
+
+
+def litert_predict(path: str | os.PathLike, images: np.ndarray, *, raw_input: bool, mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None) -> np.ndarray:
+    """Logits of the ``.tflite`` model for uint8 (N, C, H, W) ``images``, one image at a time, fed as
+    the recorded preprocessing says and quantized with the model's own input parameters."""
+    interpreter = _interpreter(path)
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    x = torch.from_numpy(images)
+    x = (x.float() if raw_input else normalize(x, tuple(mean), tuple(std))).permute(0, 2, 3, 1).numpy()
+    scale, zero_point = source["quantization"]
+    if np.dtype(source["dtype"]) != np.float32:
+        info = np.iinfo(source["dtype"])
+        x = np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(source["dtype"])
+    out_scale, out_zero = target["quantization"]
+    logits = []
+    for image in x:
+        interpreter.set_tensor(source["index"], image[None])
+        interpreter.invoke()
+        value = interpreter.get_tensor(target["index"])[0]
+        logits.append((value.astype(np.float32) - out_zero) * out_scale if np.dtype(target["dtype"]) != np.float32 else value)
+    return np.stack(logits)
