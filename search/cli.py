@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from rkd_search.trainer import DATASETS, PRECISIONS, defaults
+from rkd_search.trainer import COMPILE_MODES, DATASETS, PRECISIONS, defaults
 
 from .budget import UNIT_NOTE, parse_budget, parse_bytes, parse_count, parse_duration
 from .errors import SearchError, UsageError
@@ -75,6 +75,8 @@ def _search_parser() -> argparse.ArgumentParser:
     trials.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler (default tpe)")
     trials.add_argument("--seed", type=int, default=0)
     trials.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto (default): bf16 autocast on CUDA, fp32 on the CPU (bf16 cost accuracy there: docs/benchmarks.md)")
+    trials.add_argument("--compile", default="auto", choices=COMPILE_MODES,
+                        help="the training step through torch.compile: auto (default) on CUDA only, on, off")
     trials.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     trials.add_argument("--jobs", type=int, default=1, help="trials training at once, each in its own worker process (default 1; "
                                                              "on one GPU, 4 or more: see the README)")
@@ -169,7 +171,8 @@ def _search(argv: list[str]) -> int:
         teacher_norm=args.teacher_norm, jobs=args.jobs, prescreen=args.prescreen,
         epochs=args.epochs, batch_size=args.batch_size, space=args.space, sampler=args.sampler, seed=args.seed,
         output=args.output, experiment=args.experiment, tracking_uri=args.tracking_uri, mlflow_config=args.mlflow_config,
-        backend=args.backend, cache_dir=args.cache_dir, precision=args.precision, device=args.device,
+        backend=args.backend, cache_dir=args.cache_dir, precision=args.precision, compile=args.compile,
+        device=args.device,
         progress=not args.no_progress, address=args.address, trial_resources=_parse_resources(args.trial_resources),
         max_concurrent=args.max_concurrent, storage_path=args.storage_path, multi_fidelity=multi_fidelity,
         min_epochs=args.min_epochs, eta=args.eta, timeout=parse_duration(args.timeout) if args.timeout else None,

@@ -89,9 +89,13 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
     spec = ModelSpec.from_dict(meta["spec"])
     model = build_model(spec).eval()
     model.load_state_dict(state_dict)
-    if (raw_input or int8) and meta.get("preprocessing") is None:
-        raise UsageError(f"run {run_id} records no preprocessing (made by an older rkd-search): export it without --raw-input and --int8")
-    data = _dataset_of(tracker, run, data_dir, cache_dir) if int8 else None  # refused before anything is written
+    if (raw_input or int8 or "litert" in formats) and meta.get("preprocessing") is None:
+        raise UsageError(f"run {run_id} records no preprocessing (made by an older rkd-search): export it to onnx or torchscript, "
+                         "without --raw-input and --int8")
+    if "litert" in formats:
+        _check_litert()
+    needs_data = int8 or "litert" in formats  # calibration images, and the test images the exports are checked on
+    data = _dataset_of(tracker, run, data_dir, cache_dir) if needs_data else None  # refused before anything is written
     check_output_folder(folder, "export --output")
     final, exported = folder, Exported()
     try:
@@ -101,7 +105,8 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
         raise UsageError(f"export --output: {folder.parent} cannot be written ({error.strerror}): pass a writable --output") from None
     folder.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); an export is meant to be shared like any folder
     try:
-        _write(exported, tracker, run, run_id, meta, model, spec, folder, formats, raw_input, data, calibration_images, cache_dir)
+        _write(exported, tracker, run, run_id, meta, model, spec, folder, formats, raw_input, int8, data, calibration_images,
+               cache_dir)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -114,7 +119,7 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
 
 
 def _write(exported: Exported, tracker: Tracker, run, run_id: str, meta: dict, model, spec: ModelSpec, folder: Path,
-           formats: tuple[str, ...], raw_input: bool, data, calibration_images: int, cache_dir) -> None:
+           formats: tuple[str, ...], raw_input: bool, int8: bool, data, calibration_images: int, cache_dir) -> None:
     input_shape = tuple(meta.get("input_shape", (spec.in_channels, 32, 32)))
     preprocessing = meta.get("preprocessing")
     if "onnx" in formats:
@@ -161,17 +166,76 @@ def _write(exported: Exported, tracker: Tracker, run, run_id: str, meta: dict, m
     }
     if "onnx" in formats:
         summary["onnx_max_abs_difference"] = difference
-    if data is not None:
-        exported.accuracy, exported.files["onnx_int8"] = _int8(exported.files["onnx"], data, folder, raw_input, preprocessing,
-                                                                calibration_images)
-        summary.update({f"{kind}_test_acc": value for kind, value in exported.accuracy.items()})
-        summary["int8_drop"] = exported.accuracy["onnx"] - exported.accuracy["onnx_int8"]
-        tracker.log_metrics(run_id, {"onnx_test_acc": exported.accuracy["onnx"], "int8_test_acc": exported.accuracy["onnx_int8"],
+    summary["flash_bytes"] = int(metrics["flash_bytes"]) if "flash_bytes" in metrics else None
+    summary["sram_bytes"] = int(metrics["sram_bytes"]) if "sram_bytes" in metrics else None
+    if data is not None and "onnx" in formats and int8:
+        accuracy, exported.files["onnx_int8"] = _int8(exported.files["onnx"], data, folder, raw_input, preprocessing,
+                                                      calibration_images)
+        exported.accuracy.update(accuracy)
+        summary.update({f"{kind}_test_acc": value for kind, value in accuracy.items()})
+        summary["int8_drop"] = accuracy["onnx"] - accuracy["onnx_int8"]
+        tracker.log_metrics(run_id, {"onnx_test_acc": accuracy["onnx"], "int8_test_acc": accuracy["onnx_int8"],
                                      "int8_drop": summary["int8_drop"]})
+    if "litert" in formats:
+        summary["litert"] = _litert(exported, model, spec, folder, data, raw_input, preprocessing, int8, calibration_images,
+                                    input_shape)
+        logged = {f"{kind}_test_acc": value for kind, value in exported.accuracy.items() if kind.startswith("litert")}
+        summary.update(logged)
+        tracker.log_metrics(run_id, logged)
     summary["files"] = {k: v.name for k, v in exported.files.items()}
     (folder / "student.json").write_text(json.dumps(summary, indent=2))
     exported.files["json"] = folder / "student.json"
     exported.summary = summary
+
+
+def _check_litert() -> None:
+    try:
+        import ai_edge_litert  # noqa: F401
+        import litert_torch  # noqa: F401
+    except ImportError:
+        raise UsageError("--format litert needs the LiteRT converter and interpreter: pip install 'rkd-search[litert]'") from None
+
+
+def _calibration_images(data, count: int) -> np.ndarray:
+    """``count`` training images (uint8, N C H W), the same draw for every exported format."""
+    index = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(0))[:count]
+    return data.train_images[index].cpu().numpy()
+
+
+def _litert(exported: Exported, model, spec: ModelSpec, folder: Path, data, raw_input: bool, preprocessing: dict, int8: bool,
+            calibration_images: int, input_shape) -> dict[str, Any]:
+    """The LiteRT models (fp32, and fully-integer int8 with ``int8``), checked with the LiteRT
+    interpreter on the run's test images; what a C programmer needs to feed them."""
+    from rkd_search.trainer.litert import export_litert, litert_predict, tensor_formats
+    from rkd_search.trainer.ops import int8_flash_bytes, int8_sram_bytes
+
+    mean, std = preprocessing["mean"], preprocessing["std"]
+    test, labels = data.test_images.cpu().numpy(), data.test_labels.cpu().numpy()
+    section: dict[str, Any] = {"layout": "NHWC", "files": {}}
+    kinds = [("litert", "student.tflite", False)] + ([("litert_int8", "student.int8.tflite", True)] if int8 else [])
+    calibration = _calibration_images(data, calibration_images) if int8 else np.zeros((0,))
+    batches = [calibration[i:i + 64] for i in range(0, len(calibration), 64)]
+    for kind, name, quantized in kinds:
+        path = export_litert(model, input_shape, folder / name, int8=quantized, calibration=batches, raw_input=raw_input,
+                             mean=mean, std=std)
+        exported.files[kind] = path
+        logits = litert_predict(path, test, raw_input=raw_input, mean=mean, std=std)
+        exported.accuracy[kind] = float((logits.argmax(1) == labels).mean())
+        source, target = tensor_formats(path)
+        section["files"]["int8" if quantized else "fp32"] = {"file": name, "bytes": path.stat().st_size,
+                                                             "input": source.to_dict(), "output": target.to_dict()}
+    resolution = input_shape[-1]
+    section["flash_bytes"] = section["files"].get("int8", section["files"]["fp32"])["bytes"]
+    section["flash_note"] = ("the .tflite file's size (int8 weights, int32 biases, quantization parameters, the graph); "
+                             f"weights and biases alone: {int8_flash_bytes(spec)} bytes")
+    section["sram_bytes"] = int8_sram_bytes(spec, resolution)
+    section["sram_note"] = ("peak int8 activations alive at once at batch 1, input and output included; TFLite Micro's "
+                            "tensor arena adds some kernels' scratch buffers and alignment padding")
+    section["feed"] = ("int8 input: q = clamp(round(x / scale) + zero_point, -128, 127) with x = "
+                       + ("the pixel value (0-255): scale 1 and zero point -128 make it pixel - 128" if raw_input
+                          else "(pixel / 255 - mean) / std per channel") + ", in (1, H, W, C) order; "
+                       "logits = (q_out - zero_point) * scale")
+    return section
 
 
 def _feed(images: torch.Tensor, raw_input: bool, preprocessing: dict | None) -> np.ndarray:
@@ -214,9 +278,7 @@ def _dataset_of(tracker: Tracker, run, data_dir: str | None, cache_dir):
 
 def _int8(onnx_path: Path, data, folder: Path, raw_input: bool, preprocessing: dict, count: int) -> tuple[dict[str, float], Path]:
     """Quantize, calibrating on ``count`` training images, and measure fp32 and int8 test accuracy."""
-    generator = torch.Generator().manual_seed(0)
-    index = torch.randperm(len(data.train_labels), generator=generator)[:count]
-    calibration = _feed(data.train_images[index].cpu(), raw_input, preprocessing)
+    calibration = _feed(torch.from_numpy(_calibration_images(data, count)), raw_input, preprocessing)
     batches = [calibration[i:i + 64] for i in range(0, len(calibration), 64)]
     int8_path = quantize_int8(onnx_path, folder / "student.int8.onnx", batches)
     test = _feed(data.test_images.cpu(), raw_input, preprocessing)

@@ -68,6 +68,7 @@ class SearchOptions:
     backend: str = "optuna"
     cache_dir: Path | None = None
     precision: str = "auto"
+    compile: str = "auto"
     device: str | None = None
     progress: bool = True
     jobs: int = 1
@@ -151,7 +152,8 @@ def validate(options: SearchOptions, progress: Callable[[int, int], None] | None
     o = options
     context = TrialContext(
         budget_macs=o.budget.macs, in_channels=data.input_shape[0], num_classes=data.num_classes, resolution=data.resolution,
-        epochs=o.epochs, batch_size=batch_size, seed=o.seed, precision=o.precision, max_params=o.max_params,
+        epochs=o.epochs, batch_size=batch_size, seed=o.seed, precision=o.precision, compile=o.compile,
+        max_params=o.max_params,
         max_activation_bytes=o.max_activation_bytes, max_flash_bytes=o.max_flash_bytes, max_sram_bytes=o.max_sram_bytes,
     )
     check_limits_reachable(options, space, context, cache_dir)

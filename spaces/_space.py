@@ -56,6 +56,7 @@ class TrialContext:
     batch_size: int = 128
     seed: int = 0
     precision: str = "auto"
+    compile: str = "auto"
     max_params: float | None = None
     max_activation_bytes: float | None = None
     max_flash_bytes: float | None = None
@@ -298,7 +299,7 @@ class SearchSpace:
         config = TrainConfig(
             student=spec, loss=loss_config, epochs=context.epochs, batch_size=context.batch_size, lr=lr,
             momentum=momentum, weight_decay=weight_decay, schedule=schedule, seed=context.seed,
-            precision=context.precision,
+            precision=context.precision, compile=context.compile,
         )
         measures = {"flash_bytes": float(int8_flash_bytes(spec)), "sram_bytes": float(int8_sram_bytes(spec, context.resolution))}
         return TrialPlan(config, count_spec_ops(spec, context.resolution), context.budget_macs, params,

@@ -8,6 +8,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`-n 2`), each worker gets its share of the cores, and so do the searches
+    the tests start as subprocesses: N workers with all threads each would thrash."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 def cifar10_small_dir() -> Path:
     """The CIFAR-10 subset: $RKD_TEST_DATA, else ../shared/data/cifar10-small beside the checkout."""
     path = Path(os.environ.get("RKD_TEST_DATA") or REPO.parent / "shared" / "data" / "cifar10-small")

@@ -7,6 +7,7 @@ callback and returns a ``TrainResult``.
 from . import defaults
 from .checkpoint import TeacherError, check_teacher_fits, load_checkpoint, save_checkpoint, weights_digest
 from .config import (
+    COMPILE_MODES,
     PRECISIONS,
     REDUCTIONS,
     SCHEDULES,
@@ -28,6 +29,7 @@ from .teacher import Teacher, TeacherSource, find_teacher, prepare_teacher, trai
 __all__ = [
     "defaults",
     "DATASETS",
+    "COMPILE_MODES",
     "PRECISIONS",
     "REDUCTIONS",
     "SCHEDULES",

@@ -14,6 +14,7 @@ a diverged student fails instead of being reported at chance accuracy.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Callable
 
@@ -52,6 +53,12 @@ def distillation_loss(
     teacher_grams: dict[int, Tensor],
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The weighted loss mix of ``loss`` and its parts (unweighted and detached, still on the device)."""
+    total, parts = _loss_mix(loss, logits, labels, features, teacher_logits, teacher_grams)
+    return total, {name: value.detach() for name, value in parts.items()}
+
+
+def _loss_mix(loss: LossConfig, logits: Tensor, labels: Tensor, features: list[Tensor], teacher_logits: Tensor | None,
+              teacher_grams: dict[int, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
     parts: dict[str, Tensor] = {"ce": F.cross_entropy(logits.float(), labels)}
     if loss.kd_weight > 0:
         parts["kd"] = hinton_kd_loss(logits, teacher_logits, loss.temperature)
@@ -81,8 +88,7 @@ def distillation_loss(
         "rkd_distance": loss.rkd_distance_weight,
         "rkd_angle": loss.rkd_angle_weight,
     }
-    total = sum(weights[name] * value for name, value in parts.items())
-    return total, {name: value.detach() for name, value in parts.items()}
+    return sum(weights[name] * value for name, value in parts.items()), parts
 
 
 @torch.no_grad()
@@ -152,6 +158,7 @@ def fit(
     channels_last = use_channels_last(student, device, data.input_shape)
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
+    step_loss = _step_loss(student, config.loss, precision, device, compiled=_compiles(config.compile, device))
     optimizer = torch.optim.SGD(
         student.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -182,12 +189,13 @@ def fit(
                 teacher_logits, teacher_grams = signals.batch(epoch, index, images, stages)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(precision, device):
-                logits, features = student.forward_with_features(images)
-            loss, parts = distillation_loss(config.loss, logits, labels, features, teacher_logits, teacher_grams)
+            step_started = time.perf_counter()
+            loss, parts = step_loss(images, labels, teacher_logits, teacher_grams)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if step_loss.compiled:
+                step_loss.step_seconds.append(time.perf_counter() - step_started)
             step += 1
             total_loss += loss.detach()
             for name, value in parts.items():
@@ -221,7 +229,7 @@ def fit(
     train_seconds = previous_seconds + time.perf_counter() - started
 
     weights = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
-    common = dict(spec=spec, val_acc=history[-1].val_acc, macs=ops.macs, flops=ops.flops, params=ops.params,
+    common = dict(compile_seconds=step_loss.compile_seconds, spec=spec, val_acc=history[-1].val_acc, macs=ops.macs, flops=ops.flops, params=ops.params,
                   train_seconds=train_seconds, epochs_done=len(history), epochs_planned=config.epochs,
                   stopped_early=stopped_early, input_shape=data.input_shape, history=history, state_dict=weights)
     if len(history) < config.epochs and not stopped_early:  # paused: continue later from ``state``
@@ -239,6 +247,49 @@ def fit(
         agreement = float((reference.argmax(1) == test_logits.argmax(1)).float().mean())
         kl = float(teacher_kl(reference, test_logits))
     return TrainResult(test_acc=test_acc, teacher_agreement=agreement, teacher_kl=kl, **common)
+
+
+def _compiles(mode: str, device: torch.device) -> bool:
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
+class _StepLoss:
+    """The step's forward half (student forward under autocast, the loss mix), eager or through
+    ``torch.compile``; autograd then runs the compiled backward. Shapes are static per batch size
+    (``dynamic=False``): a last, smaller batch compiles once more. The optimiser step stays eager
+    (its learning rate changes every step). Inductor's on-disk graph cache serves later trials of
+    the same architecture.
+
+    ``compile_seconds``: how much longer than the median step the slow steps took (compiling the
+    forward on a new shape, the backward on its first call, a recompilation), from the whole-step
+    times ``fit`` records when compiled."""
+
+    def __init__(self, function: Callable, compiled: bool) -> None:
+        self.compiled = compiled
+        self.function = torch.compile(function, dynamic=False) if compiled else function
+        self.step_seconds: list[float] = []
+
+    def __call__(self, *args) -> tuple[Tensor, dict[str, Tensor]]:
+        total, parts = self.function(*args)
+        return total, {name: value.detach() for name, value in parts.items()}
+
+    @property
+    def compile_seconds(self) -> float:
+        if not self.compiled or not self.step_seconds:
+            return 0.0
+        typical = statistics.median(self.step_seconds)
+        return sum(max(0.0, seconds - typical) for seconds in self.step_seconds)
+
+
+def _step_loss(student: nn.Module, loss: LossConfig, precision: str, device: torch.device, *, compiled: bool) -> _StepLoss:
+    def forward_loss(images: Tensor, labels: Tensor, teacher_logits: Tensor | None, teacher_grams: dict[int, Tensor]):
+        with autocast(precision, device):
+            logits, features = student.forward_with_features(images)
+        # The parts leave undetached: a compiled function that returns a detached intermediate beside
+        # the loss returns the loss without its graph (torch 2.14's Dynamo; measured here).
+        return _loss_mix(loss, logits, labels, features, teacher_logits, teacher_grams)
+
+    return _StepLoss(forward_loss, compiled)
 
 
 def _to_cpu(value):

@@ -8,6 +8,30 @@ from .helpers import add_decoy_packages, run_cli, search_args
 
 
 @pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One cache of teachers, teacher targets and decoded datasets for the session's searches."""
+    path = tmp_path_factory.mktemp("shared-cache")
+    os.environ["RKD_TEST_SHARED_CACHE"] = str(path)
+    yield path
+    os.environ.pop("RKD_TEST_SHARED_CACHE", None)
+
+
+@pytest.fixture(scope="session")
+def cifar_lite_dir(tmp_path_factory, cifar_dir):
+    """The CIFAR-10 subset with fewer training images (100 and 20 validation images per class,
+    links to its files) and all its 5,000 test images: searches train fast, exports are checked on
+    every test image."""
+    root = tmp_path_factory.mktemp("cifar-lite")
+    for split, count in (("train", 100), ("val", 20), ("test", None)):
+        for folder in sorted((cifar_dir / split).iterdir()):
+            target = root / split / folder.name
+            target.mkdir(parents=True)
+            for path in sorted(folder.iterdir())[:count]:
+                (target / path.name).symlink_to(path)
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
 def empty_store(tmp_path_factory):
     """An MLflow SQLite store with its schema and nothing else, copied into each new search's folder."""
     from mlflow import MlflowClient
@@ -30,13 +54,14 @@ def digits_search(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def cifar_search(tmp_path_factory, cifar_dir):
-    """A 3-trial search on the CIFAR-10 subset (its val/ split), from a folder with decoy packages."""
+def cifar_search(tmp_path_factory, cifar_lite_dir):
+    """A 3-trial search on CIFAR-10 images (``cifar_lite_dir``, with its val/ split), from a folder
+    with decoy packages."""
     root = tmp_path_factory.mktemp("cifar-search")
     add_decoy_packages(root)
     out = root / "out"
-    result = run_cli(*search_args(out, 3, "--dataset", "imagefolder", "--data-dir", str(cifar_dir), "--teacher", "wrn16_1"),
-                     cwd=root)
+    result = run_cli(*search_args(out, 3, "--dataset", "imagefolder", "--data-dir", str(cifar_lite_dir), "--teacher", "wrn16_1",
+                                  epochs=2), cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, out
 

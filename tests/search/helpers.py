@@ -37,7 +37,10 @@ def default_sigint() -> None:
 
 
 def env_for(cwd: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "RKD_CACHE_DIR": str(cwd / "cache"), **extra}
+    """The environment of a search: the session's shared cache (teachers, targets, decoded data:
+    keyed by what they depend on, written atomically), else one under ``cwd``."""
+    cache = os.environ.get("RKD_TEST_SHARED_CACHE") or str(cwd / "cache")
+    return {**os.environ, "RKD_CACHE_DIR": cache, **extra}
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

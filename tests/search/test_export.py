@@ -12,6 +12,8 @@ import torch
 
 from .helpers import mlflow_runs, run_cli
 
+pytestmark = pytest.mark.xdist_group("fixtures")  # one xdist worker builds the session fixtures these share
+
 
 def _front_run(out: Path):
     _, _, _, children = mlflow_runs(out)
@@ -186,3 +188,52 @@ def test_an_export_is_readable_by_others_and_a_read_only_output_is_one_line_exit
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert refused.stderr.strip().startswith("rkd-search: error: export --output") and "cannot be written" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def interpreter_accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    """The LiteRT interpreter on uint8 (N, C, H, W) raw images, fed as a device would: int8 pixel - 128, NHWC."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert source["dtype"] == np.int8 and target["dtype"] == np.int8, "not a fully-integer model"
+    assert source["quantization"] == (1.0, -128)  # raw input: pixel - 128
+    correct = 0
+    for image, label in zip(images, labels):
+        interpreter.set_tensor(source["index"], (image.astype(np.int16) - 128).astype(np.int8).transpose(1, 2, 0)[None])
+        interpreter.invoke()
+        correct += int(interpreter.get_tensor(target["index"])[0].argmax() == label)
+    return correct / len(labels)
+
+
+@pytest.mark.slow
+def test_int8_litert_students_run_by_the_interpreter_on_raw_images_keep_their_accuracy(digits_search, cifar_search, cifar_dir, tmp_path):
+    """A grayscale digits student and an RGB CIFAR student, exported fully integer (int8 weights,
+    activations, input and output) and run by the LiteRT interpreter on raw test images: within
+    1.5 points of the PyTorch student's test accuracy."""
+    from rkd_search.trainer import load_dataset
+
+    for root, out in ((digits_search, digits_search / "out"), cifar_search):
+        chosen = _front_run(out)
+        result = run_cli("export", chosen.info.run_id, "--format", "litert", "--int8", "--raw-input", "--calibration-images", "128",
+                         "--output", str(tmp_path / root.name), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "test accuracy, litert_int8:" in result.stdout
+        folder = tmp_path / root.name / "exports" / chosen.info.run_name
+        card = json.loads((folder / "student.json").read_text())
+        litert = card["litert"]
+        assert litert["files"]["int8"]["input"]["dtype"] == "int8" and litert["files"]["int8"]["output"]["dtype"] == "int8"
+        assert litert["flash_bytes"] == (folder / "student.int8.tflite").stat().st_size
+        assert 0 < litert["sram_bytes"] == card["sram_bytes"]
+        if root == digits_search:
+            data = load_dataset("digits")
+            images, labels = data.test_images.numpy(), data.test_labels.numpy()
+        else:
+            images, labels = _raw_test_images(cifar_dir, card["output"]["classes"])
+        accuracy = interpreter_accuracy(folder / "student.int8.tflite", images, labels)
+        assert accuracy == pytest.approx(card["litert_int8_test_acc"], abs=1e-6)
+        assert abs(accuracy - chosen.data.metrics["test_acc"]) <= 0.015, (accuracy, chosen.data.metrics["test_acc"])
+        _, _, _, children = mlflow_runs(out)
+        logged = next(c for c in children if c.info.run_id == chosen.info.run_id).data.metrics
+        assert logged["litert_int8_test_acc"] == pytest.approx(accuracy, abs=1e-6) and "litert_test_acc" in logged

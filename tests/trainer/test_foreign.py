@@ -43,9 +43,9 @@ def test_a_named_tap_that_does_not_exist_is_refused_with_the_candidates():
     assert choose_taps(model, torch.zeros(1, 3, 64, 64), "layer4,layer1,layer3", replay=False) == ["layer1", "layer3", "layer4"]
 
 
-def test_a_teacher_at_64_px_with_imagenet_normalisation_feeds_a_32_px_student(synthetic, tmp_path):
-    """The data's normalised 16 px batches are undone, resized to 64 px and normalised with
-    ImageNet's statistics before the teacher sees them; the student trains at 16 px."""
+def test_a_teacher_at_64_px_with_imagenet_normalisation_feeds_a_student_at_the_data_size(synthetic, tmp_path):
+    """The data's normalised batches (16 px here, 32 px on CIFAR-10) are undone, resized to 64 px and
+    normalised with ImageNet's statistics before the teacher sees them; the student trains at the data's size."""
     model = torchvision_model("resnet18")
     teacher = TappedTeacher(model, ["layer2", "layer3", "layer4"], Preprocessing(64, IMAGENET_MEAN, IMAGENET_STD),
                             synthetic.mean, synthetic.std)
@@ -80,7 +80,8 @@ def test_each_form_a_user_has_loads_with_the_same_outputs(synthetic, tmp_path):
         assert source.meta["taps"] == "layer2,layer3,layer4"
     first = next(iter(outputs.values()))
     for logits, shapes in outputs.values():
-        torch.testing.assert_close(logits, first[0]) and shapes == first[1]
+        torch.testing.assert_close(logits, first[0])
+        assert shapes == first[1]
     with pytest.raises(TeacherError, match="holds pickled code"):
         find_teacher(str(tmp_path / "module.pt"), synthetic)
     with pytest.raises(TeacherError, match="a state_dict needs its architecture|torchvision:NAME"):

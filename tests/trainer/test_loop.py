@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -130,3 +132,47 @@ def test_fit_reports_batch_progress(synthetic):
     fit(config, synthetic, batch_progress=lambda done, total: seen.append((done, total)))
     steps = len(synthetic.train_labels) // 32
     assert seen == [(i, steps) for i in range(1, steps + 1)] * 2
+
+
+def test_a_compiled_step_gives_the_eager_loss_and_gradients(synthetic):
+    """``compile="on"`` runs the step's forward and loss mix through torch.compile (Inductor, here on
+    the CPU): the same loss parts and gradients as eager, the graph loss's Gram matrices and k-NN
+    masks included; and ``fit`` trains with it, reporting the compile time."""
+    import copy
+
+    from rkd_search.trainer.losses import gram_matrix
+    from rkd_search.trainer.loop import _step_loss
+
+    torch.manual_seed(0)
+    teacher = build_model(ModelSpec("wrn", 10, 1, num_classes=4)).eval()
+    loss = LossConfig(kd_weight=0.5, graph_weight=25.0, k=8)
+    images, labels = torch.randn(32, 3, 16, 16), torch.randint(0, 4, (32,))
+    with torch.no_grad():
+        teacher_logits, features = teacher.forward_with_features(images)
+    grams = {stage: gram_matrix(features[stage - 1]) for stage in loss.relational_stages}
+    eager = build_model(ModelSpec("wrn", 10, 0.25, num_classes=4))
+    compiled = copy.deepcopy(eager)
+    outputs = []
+    for model, compile_it in ((eager, False), (compiled, True)):
+        total, parts = _step_loss(model, loss, "fp32", torch.device("cpu"), compiled=compile_it)(images, labels, teacher_logits, grams)
+        total.backward()
+        outputs.append((total.detach(), parts))
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], atol=1e-5, rtol=1e-5)
+    for name in outputs[0][1]:
+        torch.testing.assert_close(outputs[1][1][name], outputs[0][1][name], atol=1e-5, rtol=1e-5, msg=name)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+    config = TrainConfig(student=ModelSpec("wrn", 10, 0.25), loss=loss, epochs=1, batch_size=32, precision="fp32")
+    straight, through = fit(config, synthetic, teacher=teacher), fit(dataclasses.replace(config, compile="on"), synthetic, teacher=teacher)
+    assert straight.compile_seconds == 0 and through.compile_seconds > 0 and "compile_seconds" in through.metrics()
+    assert through.history[0].train_loss == pytest.approx(straight.history[0].train_loss, rel=0.02)
+
+
+def test_compiling_is_left_to_cuda_by_default():
+    from rkd_search.trainer.loop import _compiles
+
+    assert _compiles("auto", torch.device("cuda")) and not _compiles("auto", torch.device("cpu"))
+    assert _compiles("on", torch.device("cpu")) and not _compiles("off", torch.device("cuda"))
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(student=STUDENT, compile="always")

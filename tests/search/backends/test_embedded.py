@@ -30,6 +30,8 @@ LIMITS = {
     "activation memory": (Limits(20e6, max_activation_bytes=100_000), "activation_bytes",
                           "constraints:activation_memory_over_limit", 100_000),
     "latency": (Limits(20e6, max_latency_ms=1.0), "latency_ms", "constraints:latency_over_limit", 1.0),
+    "flash": (Limits(20e6, max_flash_bytes=60_000), "flash_bytes", "constraints:flash_over_limit", 60_000),
+    "sram": (Limits(20e6, max_sram_bytes=20_000), "sram_bytes", "constraints:sram_over_limit", 20_000),
 }
 
 
@@ -48,7 +50,7 @@ def test_over_limit_students_are_constrained_and_never_trained(tracker, tmp_path
     trained = {call[0] for call in train.calls}
     assert not trained & {r.params["student.name"] for r in over}
     for record in records:  # every trial logs every cost, limit or not
-        assert {"params", "activation_bytes", "latency_ms", "macs"} <= set(record.metrics)
+        assert {"params", "activation_bytes", "latency_ms", "macs", "flash_bytes", "sram_bytes"} <= set(record.metrics)
     for trial in loop.study.trials:  # and carries every constraint in force
         assert {"constraints:macs_over_budget", constraint} <= set(trial.system_attrs)
 
