@@ -62,21 +62,27 @@ def main() -> None:
         "plain CE": (LossConfig(), None),
         "graph-RKD, teacher live": (graph, teacher),
         "graph-RKD, teacher cached": (graph, targets),
+        "graph-RKD, teacher cached, compiled": (graph, targets),
     }
     times: dict[str, list[float]] = {name: [] for name in modes}
     steps: dict[str, list[float]] = {"fit": [], "bare": []}
+    compile_seconds: list[float] = []
     for _ in range(args.rounds + 1):  # the first round warms up and is not counted
         for name, (loss, source) in modes.items():
-            config = TrainConfig(student=student, loss=loss, epochs=1, precision=args.precision)
+            compiled = name.endswith("compiled")
+            config = TrainConfig(student=student, loss=loss, epochs=1, precision=args.precision, compile="on" if compiled else "off")
             result = fit(config, data, teacher=source)
             times[name].append(result.history[0].seconds)
-            if source is targets:
+            if compiled:
+                compile_seconds.append(result.compile_seconds)
+                times.setdefault("compiled, compile time left out", []).append(result.history[0].seconds - result.compile_seconds)
+            elif source is targets:
                 steps["fit"].append(result.history[0].seconds - result.history[0].eval_seconds)
                 steps["bare"].append(bare_loop(config, data, targets)[0])
     medians = {name: statistics.median(values[1:]) for name, values in times.items()}
     for name, value in medians.items():
         print(f"{name:28s} {value:6.2f} s/epoch (median of {args.rounds})")
-    plain, live, cached = medians.values()
+    plain, live, cached, compiled_epoch, compiled_steady = medians.values()
     fit_over_bare = statistics.median(steps["bare"][1:]) / statistics.median(steps["fit"][1:])
     print(f"cached/plain = {cached / plain:.2f}  live/cached = {live / cached:.2f}  fit/bare images per second = {fit_over_bare:.2f}")
 
@@ -93,6 +99,12 @@ def main() -> None:
         "",
         f"`cached/plain = {cached / plain:.2f}  live/cached = {live / cached:.2f}` (goal: cached/plain <= 1.15). "
         f"Computing the cache costs about one teacher forward pass per batch, once per search.",
+        "",
+        f"Compiled (`--compile on`, torch.compile of the step's forward and loss mix, Inductor on the CPU) against eager, "
+        f"both reading the cache: {compiled_epoch / cached:.2f} of eager's epoch time with compiling included (each round is a "
+        f"new trial of the same architecture: {compile_seconds[0]:.1f} s to compile the first time, a median "
+        f"{statistics.median(compile_seconds[1:]):.1f} s later from Inductor's cache), {compiled_steady / cached:.2f} with it "
+        "left out. `--compile auto` (the default) keeps the CPU eager.",
         "",
         f"`fit/bare images per second = {fit_over_bare:.2f}` (goal: at least 0.95): `fit`'s training steps (graph-RKD, "
         "cached targets) against a bare PyTorch loop training the same student on the same batches with the same loss "

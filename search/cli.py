@@ -82,12 +82,16 @@ def _search_parser() -> argparse.ArgumentParser:
                                                              "on one GPU, 4 or more: see the README)")
     trials.add_argument("--prescreen", type=int, default=1, metavar="N",
                         help="score N candidates per trained trial with zero-cost proxies and train the best (default 1: off)")
+    trials.add_argument("--enqueue", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the space's hand-picked students first (default on; --no-enqueue starts from nothing)")
     fidelity = parser.add_argument_group("multi-fidelity and stopping")
     fidelity.add_argument("--multi-fidelity", action=argparse.BooleanOptionalAction, default=DEFAULT_MULTI_FIDELITY,
                           help="asynchronous successive halving over epochs with a Pareto promotion rule "
                                f"(default: {'on' if DEFAULT_MULTI_FIDELITY else 'off'}, chosen by bench/search_efficiency.py)")
     fidelity.add_argument("--min-epochs", type=int, default=1, help="first rung, in epochs (default 1)")
     fidelity.add_argument("--eta", type=int, default=3, help="reduction factor between rungs (default 3)")
+    fidelity.add_argument("--max-student-epochs", type=int, metavar="N",
+                          help="a compute budget: stop starting new work once trials have trained N epochs in all")
     fidelity.add_argument("--timeout", help="stop starting new work after this long (e.g. 2h, 90m) and finish cleanly; rerun to continue")
     limits = parser.add_argument_group("limits besides the MAC budget (each logged on every trial)")
     limits.add_argument("--max-params", help="parameters (flash), e.g. 100k")
@@ -169,6 +173,7 @@ def _search(argv: list[str]) -> int:
         val_fraction=args.val_fraction, teacher=args.teacher, teacher_epochs=args.teacher_epochs,
         trust_teacher_code=args.trust_teacher_code, teacher_taps=args.teacher_taps, teacher_size=args.teacher_size,
         teacher_norm=args.teacher_norm, jobs=args.jobs, prescreen=args.prescreen,
+        enqueue=args.enqueue, max_student_epochs=args.max_student_epochs,
         epochs=args.epochs, batch_size=args.batch_size, space=args.space, sampler=args.sampler, seed=args.seed,
         output=args.output, experiment=args.experiment, tracking_uri=args.tracking_uri, mlflow_config=args.mlflow_config,
         backend=args.backend, cache_dir=args.cache_dir, precision=args.precision, compile=args.compile,

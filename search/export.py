@@ -232,7 +232,7 @@ def _litert(exported: Exported, model, spec: ModelSpec, folder: Path, data, raw_
     section["sram_note"] = ("peak int8 activations alive at once at batch 1, input and output included; TFLite Micro's "
                             "tensor arena adds some kernels' scratch buffers and alignment padding")
     section["feed"] = ("int8 input: q = clamp(round(x / scale) + zero_point, -128, 127) with x = "
-                       + ("the pixel value (0-255): scale 1 and zero point -128 make it pixel - 128" if raw_input
+                       + ("the pixel value (0-255): scale 1 (0.9995) and zero point -128 make it pixel - 128" if raw_input
                           else "(pixel / 255 - mean) / std per channel") + ", in (1, H, W, C) order; "
                        "logits = (q_out - zero_point) * scale")
     return section

@@ -78,7 +78,7 @@ class SearchOptions:
     min_epochs: int = 1
     eta: int = 3
     timeout: float | None = None  # seconds
-    max_student_epochs: int | None = None  # a compute budget (benchmarks)
+    max_student_epochs: int | None = None  # a compute budget: epochs trained by all trials together
     # limits beyond the MAC budget
     max_params: float | None = None
     max_activation_bytes: float | None = None
@@ -193,6 +193,10 @@ def check_flags(o: SearchOptions) -> None:
         raise UsageError("--jobs is for the embedded back-end; with --backend ray use --trial-resources and --max-concurrent")
     if o.jobs < 1 or o.jobs > 256:
         raise UsageError(f"--jobs must be between 1 and 256, got {o.jobs}")
+    if o.backend == "ray" and o.max_student_epochs is not None:
+        raise UsageError("--max-student-epochs is for the embedded back-end; with --backend ray use --trials or --timeout")
+    if o.max_student_epochs is not None and o.max_student_epochs < 1:
+        raise UsageError(f"--max-student-epochs must be at least 1, got {o.max_student_epochs}")
     if o.prescreen < 1 or o.prescreen > 1000:
         raise UsageError(f"--prescreen must be between 1 and 1000 candidates per trained trial, got {o.prescreen}")
     if o.max_concurrent is not None and o.max_concurrent < 1:

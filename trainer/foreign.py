@@ -4,7 +4,7 @@ The graph losses read a teacher's features at three stages, matched to the stude
 by spatial order. ``TappedTeacher`` gives any classifier that interface: forward hooks on three of
 its modules (``taps``) collect their outputs during an ordinary forward pass; the third is average
 pooled, as the student's third stage is. A TorchScript module takes no Python hooks, so its
-forward is replayed as the chain of its top-level children (checked against its own output on a
+forward is replayed as the chain of its children, Sequential containers opened (checked against its own output on a
 batch; one that is not a chain is refused with what to do).
 
 Taps are found, or named: by default the modules that end the last three resolution stages (for
@@ -104,16 +104,32 @@ class TappedTeacher(nn.Module):
 
 
 def replay_chain(model: nn.Module, x: Tensor, taps: list[str]) -> tuple[Tensor, list[Tensor]]:
-    """Run ``model`` as the chain of its top-level children (flattening before the first linear
-    layer), keeping the outputs of ``taps``."""
+    """Run ``model`` as the chain of its children (flattening before the first linear layer,
+    descending into Sequential containers), keeping the outputs of ``taps``."""
     features = {}
-    for name, child in model.named_children():
-        if x.dim() > 2 and _is_linear(child):
-            x = torch.flatten(x, 1)
-        x = child(x)
+    for name, _, x in _chain(model, x):
         if name in taps:
             features[name] = x
     return x, [features[name] for name in taps]
+
+
+def _is_sequential(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) or getattr(module, "original_name", "") == "Sequential"
+
+
+def _chain(model: nn.Module, x: Tensor, prefix: str = ""):
+    """(name, module, output) for each child of ``model`` run in order, a Sequential's own children
+    first and then the Sequential itself (its output is its last child's)."""
+    for name, child in model.named_children():
+        if x.dim() > 2 and _is_linear(child):
+            x = torch.flatten(x, 1)
+        if _is_sequential(child) and not _is_linear(child):
+            for inner in _chain(child, x, f"{prefix}{name}."):
+                yield inner
+                x = inner[2]
+        else:
+            x = child(x)
+        yield f"{prefix}{name}", child, x
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -130,12 +146,21 @@ def _is_linear(module: nn.Module) -> bool:
 
 # -- finding the taps -------------------------------------------------------------------------------------
 
+GLOBAL_POOLS = {"AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "SelectAdaptivePool2d"}
+"""Modules whose 1 x 1 output is the head's pooling, not a stage (timm's SelectAdaptivePool2d included)."""
+
+
+def _is_global_pool(module: nn.Module) -> bool:
+    return getattr(module, "original_name", type(module).__name__) in GLOBAL_POOLS  # original_name: TorchScript's
+
+
 def module_outputs(model: nn.Module, x: Tensor) -> list[tuple[str, tuple[int, ...]]]:
-    """(module name, output shape) of every module whose output is a 4-D tensor, in execution order."""
+    """(module name, output shape) of every module whose output is a 4-D tensor, in execution order
+    (global pooling left out)."""
     seen: list[tuple[str, tuple[int, ...]]] = []
     hooks = []
     for name, module in model.named_modules():
-        if not name:
+        if not name or _is_global_pool(module):
             continue
 
         def hook(module, inputs, output, name=name):
@@ -156,29 +181,29 @@ def chain_outputs(model: nn.Module, x: Tensor) -> list[tuple[str, tuple[int, ...
     """As ``module_outputs`` for a module run as the chain of its children (TorchScript)."""
     seen = []
     with torch.no_grad():
-        for name, child in model.named_children():
-            if x.dim() > 2 and _is_linear(child):
-                x = torch.flatten(x, 1)
-            x = child(x)
-            if x.dim() == 4:
-                seen.append((name, tuple(x.shape)))
+        for name, child, out in _chain(model, x):
+            if _is_global_pool(child):  # on the chain, the head starts here (a block's own pooling is inside the block)
+                break
+            if out.dim() == 4:
+                seen.append((name, tuple(out.shape)))
     return seen
 
 
 def default_taps(outputs: list[tuple[str, tuple[int, ...]]]) -> list[str]:
-    """The modules ending the last three resolution stages: for each spatial size (larger than
-    1 x 1), the last of the shallowest modules that output it; the last three sizes."""
+    """The modules ending the last three resolution stages: for each spatial size, the last of the
+    shallowest modules that output it; the last three sizes. A 1 x 1 size is a stage only when the
+    main path reaches it (a ResNet-18's layer4 on 32 px images), not when only modules nested
+    deeper than the stages output it (squeeze-and-excitation convolutions)."""
     by_size: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
     for order, (name, shape) in enumerate(outputs):
-        size = shape[-2:]
-        if size[0] * size[1] > 1:
-            by_size.setdefault(size, []).append((name.count("."), order, name))
+        by_size.setdefault(tuple(shape[-2:]), []).append((name.count("."), order, name))
     stages = []
     for size, candidates in by_size.items():
         depth = min(d for d, _, _ in candidates)
         order, name = max((o, n) for d, o, n in candidates if d == depth)
-        stages.append((order, name))
-    stages.sort()
+        stages.append((order, name, depth, size))
+    main_depth = max((depth for _, _, depth, size in stages if size[0] * size[1] > 1), default=0)
+    stages = sorted((order, name) for order, name, depth, size in stages if size[0] * size[1] > 1 or depth <= main_depth)
     return [name for _, name in stages[-3:]]
 
 
@@ -200,9 +225,11 @@ def choose_taps(model: nn.Module, x: Tensor, named: str | None, replay: bool) ->
     return taps
 
 
-def _shown(outputs: list[tuple[str, tuple[int, ...]]], limit: int = 40) -> list[str]:
-    shown = [f"{name} ({shape[-2]}x{shape[-1]})" for name, shape in outputs]
-    return shown[:limit] + ([f"... {len(shown) - limit} more"] if len(shown) > limit else [])
+def _shown(outputs: list[tuple[str, tuple[int, ...]]], limit: int = 30) -> list[str]:
+    """The ``limit`` shallowest candidates (the stages before their blocks' insides), in execution order."""
+    keep = sorted(sorted(range(len(outputs)), key=lambda i: (outputs[i][0].count("."), i))[:limit])
+    shown = [f"{outputs[i][0]} ({outputs[i][1][-2]}x{outputs[i][1][-1]})" for i in keep]
+    return shown + ([f"... {len(outputs) - limit} more"] if len(outputs) > limit else [])
 
 
 # -- loading what the user has ---------------------------------------------------------------------------

@@ -8,8 +8,8 @@ by the LiteRT interpreter.
   images). The int8 model's input and output are int8, as TFLite Micro expects; the input is
   channels-last (N, H, W, C), the layout a C program holds pixels in.
 - With ``raw_input`` the normalisation is inside the model and its input is the pixels
-  themselves: calibration always sees 0 and 255, so the int8 input has scale 1 and zero point
-  -128 (feed ``pixel - 128``).
+  themselves: calibration always sees 0 and 255, so the int8 input has scale 1 (stored as
+  0.9995) and zero point -128 (feed ``pixel - 128``).
 - ``litert_predict`` runs a ``.tflite`` file with the LiteRT interpreter (batch 1, as a device
   does) on uint8 images, quantizing the input and dequantizing the output with the model's own
   parameters.

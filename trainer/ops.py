@@ -58,15 +58,17 @@ def count_spec_ops(spec: ModelSpec, resolution: int) -> OpsCount:
 
 def count_teacher_ops(model: nn.Module, input_shape: tuple[int, int, int]) -> OpsCount:
     """A foreign teacher's count, through its own preprocessing (so at its own input size). A
-    TorchScript teacher takes no hooks: thop cannot count it and its MACs are left at 0 (FLOPs and
-    parameters are still counted)."""
+    TorchScript teacher takes no hooks, so thop cannot count it: its MACs are then half of torch's
+    FlopCounterMode count (which counts a multiply-accumulate of a convolution or linear layer as
+    two FLOPs; other operations add nothing)."""
     try:
         return count_ops(model, input_shape)
     except Exception:  # noqa: BLE001 - TorchScript inside, or a module the meta device cannot run
         x = torch.zeros(1, *input_shape)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model.eval()(x)
-        return OpsCount(macs=0, flops=int(counter.get_total_flops()), params=sum(p.numel() for p in model.parameters()))
+        flops = int(counter.get_total_flops())
+        return OpsCount(macs=flops // 2, flops=flops, params=sum(p.numel() for p in model.parameters()))
 
 
 def _count(probe: nn.Module, input_shape: tuple[int, int, int]) -> OpsCount:

@@ -64,7 +64,7 @@ def test_search_logs_the_promised_mlflow_structure_and_resumes(tmp_path):
 def test_a_search_on_the_cifar_subset_logs_the_same_structure(cifar_search):
     """The same store on real CIFAR-10 images (the shared 3-trial search the export tests use too)."""
     root, out = cifar_search
-    front = check_search_store(out, 3)
+    front = check_search_store(out, 3, epochs=3)
     table = run_cli("pareto", "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
     assert table.returncode == 0, table.stderr
     printed = {line.split()[-1] for line in table.stdout.splitlines()[2:] if line.strip()}
