@@ -44,7 +44,7 @@ def main() -> None:
             folder = Path(work) / row["run_id"]
             subprocess.run([sys.executable, "-m", "rkd_search.search.cli", "export", row["run_id"], "--tracking-uri", tracking,
                             "--output", str(folder), "--format", "onnx,litert", "--int8", "--raw-input"], check=True)
-            summary = json.loads((folder / "student.json").read_text())
+            summary = json.loads(next(folder.glob("exports/*/student.json")).read_text())
             litert = summary["litert"]
             table.append(
                 f"| {row['student']} | {int(row['macs']) / 1e6:.1f} | {100 * float(row['test_acc']):.2f} | "
