@@ -250,6 +250,10 @@ def _export(argv: list[str]) -> int:
         print(f"  {kind}: {path}")
     for kind, accuracy in exported.accuracy.items():
         print(f"  test accuracy, {kind}: {accuracy:.4f}")
+    litert = summary.get("litert") or {}
+    if litert.get("float_ops"):
+        print(f"  note: the int8 LiteRT model is not fully integer: {', '.join(litert['float_ops'])} run in float32 "
+              "(the converter left some residual additions unquantized); TFLite Micro runs them, with float buffers in its arena")
     return 0
 
 

@@ -206,7 +206,7 @@ def _litert(exported: Exported, model, spec: ModelSpec, folder: Path, data, raw_
             calibration_images: int, input_shape) -> dict[str, Any]:
     """The LiteRT models (fp32, and fully-integer int8 with ``int8``), checked with the LiteRT
     interpreter on the run's test images; what a C programmer needs to feed them."""
-    from rkd_search.trainer.litert import export_litert, litert_predict, tensor_formats
+    from rkd_search.trainer.litert import export_litert, float_ops, litert_predict, tensor_formats
     from rkd_search.trainer.ops import int8_flash_bytes, int8_sram_bytes
 
     mean, std = preprocessing["mean"], preprocessing["std"]
@@ -224,6 +224,9 @@ def _litert(exported: Exported, model, spec: ModelSpec, folder: Path, data, raw_
         source, target = tensor_formats(path)
         section["files"]["int8" if quantized else "fp32"] = {"file": name, "bytes": path.stat().st_size,
                                                              "input": source.to_dict(), "output": target.to_dict()}
+        if quantized:  # int8 in and out, int8 weights; are all activations int8 too?
+            section["float_ops"] = float_ops(path)
+            section["fully_integer"] = not section["float_ops"]
     resolution = input_shape[-1]
     section["flash_bytes"] = section["files"].get("int8", section["files"]["fp32"])["bytes"]
     section["flash_note"] = ("the .tflite file's size (int8 weights, int32 biases, quantization parameters, the graph); "

@@ -131,6 +131,19 @@ def tensor_formats(path: str | os.PathLike) -> tuple[TensorFormat, TensorFormat]
     return describe(interpreter.get_input_details()[0]), describe(interpreter.get_output_details()[0])
 
 
+def float_ops(path: str | os.PathLike) -> list[str]:
+    """The operators of a ``.tflite`` model that read or write a float32 tensor, as "NAME x count":
+    empty for a fully-integer model. (litert-torch's PT2E quantizer leaves some residual additions
+    in float, between DEQUANTIZE and QUANTIZE: a chain of MobileNetV2 blocks, measured here.)"""
+    interpreter = _interpreter(path)
+    tensors = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
+    found: dict[str, int] = {}
+    for op in interpreter._get_ops_details():  # the interpreter's only listing of operators
+        if any(i >= 0 and tensors.get(i) == np.float32 for i in [*op["inputs"], *op["outputs"]]):
+            found[op["op_name"]] = found.get(op["op_name"], 0) + 1
+    return [f"{name} x {count}" for name, count in sorted(found.items())]
+
+
 def litert_predict(path: str | os.PathLike, images: np.ndarray, *, raw_input: bool, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None) -> np.ndarray:
     """Logits of the ``.tflite`` model for uint8 (N, C, H, W) ``images``, one image at a time, fed as

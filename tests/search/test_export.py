@@ -227,6 +227,7 @@ def test_int8_litert_students_run_by_the_interpreter_on_raw_images_keep_their_ac
         card = json.loads((folder / "student.json").read_text())
         litert = card["litert"]
         assert litert["files"]["int8"]["input"]["dtype"] == "int8" and litert["files"]["int8"]["output"]["dtype"] == "int8"
+        assert litert["fully_integer"] == (not litert["float_ops"]) and ("not fully integer" in result.stdout) == bool(litert["float_ops"])
         assert litert["flash_bytes"] == (folder / "student.int8.tflite").stat().st_size
         assert 0 < litert["sram_bytes"] == card["sram_bytes"]
         if root == digits_search:
