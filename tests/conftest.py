@@ -21,6 +21,15 @@ def pytest_configure(config):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_runtest_setup(item):
+    """`--dist loadgroup` must keep each xdist_group on one worker (its session fixtures are built
+    once); pytest 9.2 silently breaks that (pytest-dev/pytest-xdist#1386), so a broken grouping
+    fails the grouped tests instead of slowing the run."""
+    if getattr(item.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+        pytest.fail(f"--dist loadgroup did not group this test (pytest {pytest.__version__}, pytest-dev/pytest-xdist#1386): "
+                    "install the test extras, which pin pytest<9.2", pytrace=False)
+
+
 def cifar10_small_dir() -> Path:
     """The CIFAR-10 subset: $RKD_TEST_DATA, else ../shared/data/cifar10-small beside the checkout."""
     path = Path(os.environ.get("RKD_TEST_DATA") or REPO.parent / "shared" / "data" / "cifar10-small")

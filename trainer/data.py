@@ -331,16 +331,32 @@ def _decode_images(paths: list[Path], index: dict[str, int], count: Callable[[in
 
 def _load_digits(resolution: int = 32):
     """scikit-learn's 8x8 handwritten digits (1,797 images, ships offline), upscaled to 32x32."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).float()[:, None] / 16.0
+    pixels, target = _digits_arrays()
+    images = torch.from_numpy(pixels).float().view(-1, 1, 8, 8) / 16.0
     images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    labels = torch.from_numpy(digits.target).long()
+    labels = torch.from_numpy(target).long()
     # a fixed, stratified 80/20 train/test split (the data has no official one)
     (train_x, train_y), (test_x, test_y) = _stratified_split(images, labels, 0.2, seed=12345)
     return (train_x, train_y), (test_x, test_y), [str(i) for i in range(10)]
+
+
+def _digits_arrays():
+    """The digits' pixels (N, 64) and labels, read from the file scikit-learn ships (its
+    ``load_digits`` reads the same file, but importing scikit-learn costs ~3 s per process)."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits  # a layout this reader does not know
+
+        digits = load_digits()
+        return digits.data, digits.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(np.int64)
 
 
 def normalize(images: Tensor, mean: tuple[float, ...] | Tensor, std: tuple[float, ...] | Tensor) -> Tensor:

@@ -2,7 +2,10 @@
 
 thop (ultralytics-thop) counts MACs, which thop and most NAS papers call "FLOPs"; budgets are
 compared with this number. ``flops`` is torch's FlopCounterMode count (2 x MACs for convolutions
-and matrix products, BatchNorm and element-wise ops ignored), logged beside it.
+and matrix products, BatchNorm and element-wise ops ignored), logged beside it. The students this
+package builds hold no matrix product outside their Conv2d and Linear layers, so their FLOPs are
+counted from those layers' shapes (the same number, tested; FlopCounterMode's first use in a
+process imports TorchDynamo, ~2.5 s).
 """
 
 from __future__ import annotations
@@ -48,12 +51,18 @@ its BatchNorm runs through Python decompositions); above it, building the model 
 @lru_cache(maxsize=4096)
 def count_spec_ops(spec: ModelSpec, resolution: int) -> OpsCount:
     """``count_ops`` for a spec at a square input resolution, memoised (specs are hashable)."""
+    return _count(_model_to_measure(spec), (spec.in_channels, resolution, resolution), layer_flops=True)
+
+
+def _model_to_measure(spec: ModelSpec) -> nn.Module:
+    """``spec`` built on the CPU if small (``SMALL_MODEL_PARAMS``), else on the meta device (shapes
+    only; its BatchNorm runs through Python decompositions, whose first use imports TorchDynamo)."""
     with torch.device("meta"):
         model = build_model(spec)
     if sum(p.numel() for p in model.parameters()) <= SMALL_MODEL_PARAMS:
         with torch.device("cpu"):
             model = build_model(spec)
-    return _count(model, (spec.in_channels, resolution, resolution))
+    return model.eval()
 
 
 def count_teacher_ops(model: nn.Module, input_shape: tuple[int, int, int]) -> OpsCount:
@@ -71,17 +80,50 @@ def count_teacher_ops(model: nn.Module, input_shape: tuple[int, int, int]) -> Op
         return OpsCount(macs=flops // 2, flops=flops, params=sum(p.numel() for p in model.parameters()))
 
 
-def _count(probe: nn.Module, input_shape: tuple[int, int, int]) -> OpsCount:
+def _count(probe: nn.Module, input_shape: tuple[int, int, int], layer_flops: bool = False) -> OpsCount:
+    """thop's MACs and the FLOPs: FlopCounterMode's, or with ``layer_flops`` those of the Conv2d
+    and Linear layers (for models whose every matrix product is one of them)."""
     import thop  # imported here: ~0.3 s on first import
 
     probe.eval()
     x = torch.zeros(1, *input_shape, device=next(probe.parameters()).device)
     with torch.no_grad():
-        macs, _ = thop.profile(probe, inputs=(x,), verbose=False)
-        with FlopCounterMode(display=False) as counter:
-            probe(x)
+        if layer_flops:
+            with _ConvLinearFlops(probe) as counter:
+                macs, _ = thop.profile(probe, inputs=(x,), verbose=False)
+            flops = counter.flops
+        else:
+            macs, _ = thop.profile(probe, inputs=(x,), verbose=False)
+            with FlopCounterMode(display=False) as torch_counter:
+                probe(x)
+            flops = torch_counter.get_total_flops()
     params = sum(p.numel() for p in probe.parameters())
-    return OpsCount(macs=int(macs), flops=int(counter.get_total_flops()), params=int(params))
+    return OpsCount(macs=int(macs), flops=int(flops), params=int(params))
+
+
+class _ConvLinearFlops:
+    """FLOPs of a forward pass's Conv2d and Linear layers, as FlopCounterMode counts them: two per
+    multiply-accumulate, biases not counted."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.flops, self.handles = model, 0, []
+
+    def __enter__(self) -> "_ConvLinearFlops":
+        for module in self.model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                self.handles.append(module.register_forward_hook(self._hook))
+        return self
+
+    def _hook(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            per_output = module.in_features
+        self.flops += 2 * output.numel() * per_output
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 # -- peak activation memory ---------------------------------------------------------------------------
@@ -117,10 +159,10 @@ def _peak_activation_elements(spec: ModelSpec, resolution: int) -> int:
     from torch.fx import symbolic_trace
     from torch.fx.passes.shape_prop import ShapeProp
 
-    with torch.device("meta"):
-        model = build_model(spec).eval()
+    model = _model_to_measure(spec)
     graph = symbolic_trace(model)
-    ShapeProp(graph).propagate(torch.zeros(1, spec.in_channels, resolution, resolution, device="meta"))
+    with torch.no_grad():
+        ShapeProp(graph).propagate(torch.zeros(1, spec.in_channels, resolution, resolution, device=next(model.parameters()).device))
     nodes = [n for n in graph.graph.nodes]
     index = {node: i for i, node in enumerate(nodes)}
     modules = dict(graph.named_modules())

@@ -16,6 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+SHARED = "shared-searches"
+"""The xdist group of the tests that share the session's searches (``digits_search``,
+``cifar_search``) and the Ray cluster: one worker builds each of them once (``--dist loadgroup``)."""
 BUDGET = 5e6
 BUDGET_FLAG = "5MFLOPs"
 RKD_SEARCH = str(Path(sys.executable).parent / "rkd-search")
@@ -47,6 +50,32 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | N
     prepare_store(args)
     return subprocess.run([RKD_SEARCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=env or env_for(cwd), preexec_fn=default_sigint)
+
+
+def run_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``rkd-search ARGS`` through ``cli.main`` in this process (its trials still train in worker
+    processes), with ``run_cli``'s working folder, cache and result: for the tests whose search needs
+    no process of its own (no signal, no second search beside it), this saves the command's start."""
+    import contextlib
+    import io
+
+    from rkd_search.search.cli import main
+
+    prepare_store(args)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    previous, saved = os.getcwd(), os.environ.get("RKD_CACHE_DIR")
+    os.environ["RKD_CACHE_DIR"] = env_for(cwd)["RKD_CACHE_DIR"]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(list(args))
+    finally:
+        os.chdir(previous)
+        if saved is None:
+            os.environ.pop("RKD_CACHE_DIR", None)
+        else:
+            os.environ["RKD_CACHE_DIR"] = saved
+    return subprocess.CompletedProcess(["rkd-search", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:

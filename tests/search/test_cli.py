@@ -19,7 +19,7 @@ import torch
 
 from rkd_search.search.cli import main
 
-from .helpers import check_search_store, mlflow_runs, run_cli, search_args, start_cli
+from .helpers import SHARED, check_search_store, mlflow_runs, run_cli, search_args, start_cli
 
 
 @pytest.mark.slow
@@ -60,7 +60,7 @@ def test_search_logs_the_promised_mlflow_structure_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fixtures")
+@pytest.mark.xdist_group(SHARED)
 def test_a_search_on_the_cifar_subset_logs_the_same_structure(cifar_search):
     """The same store on real CIFAR-10 images (the shared 3-trial search the export tests use too)."""
     root, out = cifar_search
@@ -74,7 +74,7 @@ def test_a_search_on_the_cifar_subset_logs_the_same_structure(cifar_search):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fixtures")
+@pytest.mark.xdist_group(SHARED)
 def test_export_writes_a_torchscript_student_with_the_same_outputs(digits_search):
     out = digits_search / "out"
     _, _, _, children = mlflow_runs(out)
@@ -101,12 +101,14 @@ def test_export_writes_a_torchscript_student_with_the_same_outputs(digits_search
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fixtures")
-def test_export_of_a_parent_run_is_refused(digits_search):
+@pytest.mark.xdist_group(SHARED)
+def test_export_of_a_parent_run_is_refused(digits_search, monkeypatch, capsys):
     out = digits_search / "out"
+    monkeypatch.chdir(digits_search)
     _, parents, _, _ = mlflow_runs(out)
-    result = run_cli("export", parents[0].info.run_id, "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=digits_search)
-    assert result.returncode == 2 and "parent run" in result.stderr and "Traceback" not in result.stderr
+    code = main(["export", parents[0].info.run_id, "--tracking-uri", f"sqlite:///{out}/mlflow.db"])
+    error = capsys.readouterr().err
+    assert code == 2 and "parent run" in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from .helpers import mlflow_runs, run_cli
+from .helpers import SHARED, mlflow_runs, run_cli
 
-pytestmark = pytest.mark.xdist_group("fixtures")  # one xdist worker builds the session fixtures these share
+pytestmark = pytest.mark.xdist_group(SHARED)
 
 
 def _front_run(out: Path):
@@ -109,17 +109,22 @@ def test_raw_input_export_and_int8_accuracy_is_measured_and_logged(cifar_search,
 @pytest.mark.slow
 @pytest.mark.parametrize("state, reason", [("infeasible", "never trained"), ("pruned", "stopped at 1 epochs"),
                                            ("failed", "failed"), ("paused", "paused")])
-def test_export_of_a_run_without_weights_is_refused_with_the_reason(cifar_search, state, reason):
+def test_export_of_a_run_without_weights_is_refused_with_the_reason(cifar_search, state, reason, monkeypatch, capsys):
+    """(In this process: a refusal needs no console script of its own.)"""
     from mlflow import MlflowClient
 
+    from rkd_search.search.cli import main
+
     root, out = cifar_search
+    monkeypatch.chdir(root)
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     chosen = _front_run(out)
     run = client.create_run(chosen.info.experiment_id, run_name=f"t099-{state}",
                             tags={"mlflow.parentRunId": chosen.data.tags["mlflow.parentRunId"], "rkd.state": state, "rkd.epochs": "1"})
-    result = run_cli("export", run.info.run_id, "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
-    assert result.returncode == 2 and reason in result.stderr and "no trained student" in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    code = main(["export", run.info.run_id, "--tracking-uri", f"sqlite:///{out}/mlflow.db"])
+    error = capsys.readouterr().err
+    assert code == 2 and reason in error and "no trained student" in error, error
+    assert len(error.strip().splitlines()) == 1
     client.delete_run(run.info.run_id)
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import free_port, mlflow_runs
+from .helpers import SHARED, free_port, mlflow_runs
 
-pytestmark = pytest.mark.xdist_group("fixtures")  # one xdist worker builds the session fixtures these share
+pytestmark = pytest.mark.xdist_group(SHARED)
 
 CHROMIUM = os.environ.get("RKD_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

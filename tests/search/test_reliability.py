@@ -1,14 +1,14 @@
 """Nothing lost, nothing faked: the faults a hostile user found, each reproduced and checked.
 
-Every search here is the installed command (or ``run_search`` in this process where a test-only
-training function must reach the workers) on digits with one or a few epochs, a real Optuna
-journal and a real MLflow SQLite store. docs/reliability.md lists each case with its test.
+Every search here is the installed command where it is signalled, killed or run beside another,
+else ``cli.main`` in this process (``run_here``; ``run_search`` where a test-only training function
+must reach the workers), on digits with one or a few epochs, a real Optuna journal and a real
+MLflow SQLite store; trials train in worker processes either way. docs/reliability.md lists each case with its test.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +21,7 @@ from rkd_search.search.cli import main
 from rkd_search.search.pareto import compute_front
 from rkd_search.search.tracking import Tracker, TrackingSettings
 
-from .helpers import BUDGET_FLAG, RKD_SEARCH, default_sigint, env_for, mlflow_runs, run_cli, start_cli
+from .helpers import BUDGET_FLAG, RKD_SEARCH, default_sigint, env_for, mlflow_runs, run_cli, run_here, start_cli
 
 DIVERGING_SPACE = """
 name: diverging
@@ -110,7 +110,7 @@ def check_nothing_lost(out: Path, trials: int) -> None:
 @pytest.mark.slow
 def test_diverged_students_fail_or_stay_off_the_front(tmp_path):
     out = tmp_path / "out"
-    result = run_cli(*digits(out, 4, "--space", space_file(tmp_path, "50"), budget="20MFLOPs"), cwd=tmp_path)
+    result = run_here(*digits(out, 4, "--space", space_file(tmp_path, "50"), budget="20MFLOPs"), cwd=tmp_path)
     assert result.returncode in (0, 1), result.stderr[-2000:]
     trials = records(out)
     for record in trials:
@@ -123,7 +123,7 @@ def test_diverged_students_fail_or_stay_off_the_front(tmp_path):
     assert all("finite" in c.data.tags["rkd.error"] or "became" in c.data.tags["rkd.error"] for c in failed)
     assert failed or all(not r.learned for r in trials if r.state == "complete"), "lr 50 trained a student"
     for record in failed[:1]:  # refused, with the reason
-        exported = run_cli("export", record.info.run_id, "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=tmp_path)
+        exported = run_here("export", record.info.run_id, "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=tmp_path)
         assert exported.returncode == 2 and "no trained student" in exported.stderr and "Traceback" not in exported.stderr
 
 
@@ -141,7 +141,7 @@ def check_every_trial_failed(result, out: Path) -> None:
 def test_a_search_where_every_trial_failed_exits_1(tmp_path):
     """(The Ray back-end's case is in test_ray.py, on the shared cluster.)"""
     out = tmp_path / "out"
-    result = run_cli(*digits(out, 2, "--space", space_file(tmp_path, "1.0e+6"), budget="20MFLOPs"), cwd=tmp_path, timeout=900)
+    result = run_here(*digits(out, 2, "--space", space_file(tmp_path, "1.0e+6"), budget="20MFLOPs"), cwd=tmp_path)
     check_every_trial_failed(result, out)
 
 
@@ -176,8 +176,7 @@ def test_a_trial_that_crashes_natively_fails_with_its_signal_and_the_search_goes
 def test_a_second_search_on_the_same_output_is_refused_and_the_first_is_untouched(tmp_path):
     out = tmp_path / "out"
     env = {**env_for(tmp_path), **ONE_THREAD}
-    run_cli(*digits(out, 1), cwd=tmp_path)  # teacher cached, so both start at once
-    shutil.rmtree(out)
+    assert run_here(*digits(tmp_path / "warm", 1), cwd=tmp_path).returncode == 0  # teacher cached, so both start at once
     first = start_cli(*digits(out, 3), cwd=tmp_path, env=env)
     second = start_cli(*digits(out, 3), cwd=tmp_path, env=env)
     results = [(p.wait(timeout=600), *p.communicate()) for p in (first, second)]
@@ -195,7 +194,7 @@ def test_a_second_search_on_the_same_output_is_refused_and_the_first_is_untouche
 def test_two_searches_on_one_fresh_store_create_it_once(tmp_path):
     store = f"sqlite:///{tmp_path}/shared.db"
     env = {**env_for(tmp_path), **ONE_THREAD}
-    assert run_cli(*digits(tmp_path / "warm", 1), cwd=tmp_path).returncode == 0  # teacher and targets cached
+    assert run_here(*digits(tmp_path / "warm", 1), cwd=tmp_path).returncode == 0  # teacher and targets cached
     args = [digits(tmp_path / name, 1, "--tracking-uri", store) for name in ("a", "b")]
     processes = [subprocess.Popen([RKD_SEARCH, *a], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, preexec_fn=default_sigint) for a in args]
@@ -206,10 +205,10 @@ def test_two_searches_on_one_fresh_store_create_it_once(tmp_path):
 @pytest.mark.slow
 def test_a_torn_journal_is_repaired_a_damaged_one_refused_and_an_empty_one_restarts(tmp_path):
     out = tmp_path / "out"
-    assert run_cli(*digits(out, 2), cwd=tmp_path).returncode == 0
+    assert run_here(*digits(out, 2), cwd=tmp_path).returncode == 0
     journal = out / "study.journal"
     journal.write_bytes(journal.read_bytes() + b'{"op_code": 6, "worker_id": "a1b2", "trial_id": 1, "sta')  # a crash mid-write
-    rerun = run_cli(*digits(out, 3), cwd=tmp_path)
+    rerun = run_here(*digits(out, 3), cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert journal.read_bytes().endswith(b"\n")
     assert sum(r.state == "complete" or r.state == "infeasible" for r in records(out)) == 3
@@ -218,7 +217,7 @@ def test_a_torn_journal_is_repaired_a_damaged_one_refused_and_an_empty_one_resta
     lines[3] = lines[3][: len(lines[3]) // 2]  # damage in the middle: only a backup can fix it
     journal.write_bytes(b"\n".join(lines))
     before = journal.read_bytes()
-    refused = run_cli(*digits(out, 4), cwd=tmp_path)
+    refused = run_here(*digits(out, 4), cwd=tmp_path)
     assert refused.returncode == 2 and "is damaged at line 4" in refused.stderr, refused.stderr[-2000:]
     assert len(refused.stderr.strip().splitlines()) == 1 and journal.read_bytes() == before
 
@@ -227,7 +226,7 @@ def test_a_torn_journal_is_repaired_a_damaged_one_refused_and_an_empty_one_resta
     fresh.mkdir()
     (fresh / "study.journal").write_bytes(b"")
     (fresh / ".rkd-search.lock").write_text("pid 1 on nowhere")
-    started = run_cli(*digits(fresh, 1), cwd=tmp_path)
+    started = run_here(*digits(fresh, 1), cwd=tmp_path)
     assert started.returncode == 0, started.stderr[-2000:]
     assert sum(t.state.name == "COMPLETE" for t in study_of(fresh).trials) == 1
 
@@ -235,11 +234,11 @@ def test_a_torn_journal_is_repaired_a_damaged_one_refused_and_an_empty_one_resta
 @pytest.mark.slow
 def test_a_rerun_against_another_store_is_refused_before_anything_is_overwritten(tmp_path):
     out = tmp_path / "out"
-    assert run_cli(*digits(out, 2), cwd=tmp_path).returncode == 0
+    assert run_here(*digits(out, 2), cwd=tmp_path).returncode == 0
     front = (out / "pareto.csv").read_bytes()
     other = digits(out, 2)
     other[other.index("--tracking-uri") + 1] = f"sqlite:///{tmp_path}/other.db"
-    refused = run_cli(*other, cwd=tmp_path)
+    refused = run_here(*other, cwd=tmp_path)
     assert refused.returncode == 2 and "holds a search logged to" in refused.stderr, refused.stderr[-2000:]
     assert (out / "pareto.csv").read_bytes() == front and not (tmp_path / "other.db").exists()
 
@@ -342,14 +341,20 @@ def ray_session_processes(session: str) -> list[int]:
 
 @pytest.mark.slow
 def test_kill_9_of_a_ray_driver_leaves_no_ray_process_and_the_rerun_reuses_the_killed_trial(tmp_path):
+    import psutil
+
     out = tmp_path / "out"
     args = digits(out, 2, "--backend", "ray", epochs=2)
     started = time.time()
     process = start_cli(*args, cwd=tmp_path, stdout=subprocess.DEVNULL, start_new_session=True)
     running = wait_for_a_trial_mid_training(out, process)
     assert running is not None
-    sessions = {p.name for p in Path("/tmp/ray").glob("session_2*") if p.stat().st_mtime >= started - 1}
-    assert sessions and all(ray_session_processes(s) for s in sessions), "the driver's local Ray was not found"
+    # the driver's own Ray session: the one its child processes belong to (another test's cluster may
+    # run beside it, under the same /tmp/ray)
+    family = {child.pid for child in psutil.Process(process.pid).children(recursive=True)}
+    sessions = {p.name for p in Path("/tmp/ray").glob("session_2*")
+                if p.stat().st_mtime >= started - 1 and family & set(ray_session_processes(p.name))}
+    assert sessions, "the driver's local Ray was not found"
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     deadline = time.monotonic() + 30
@@ -417,13 +422,13 @@ def test_timeout_stops_new_work_finishes_cleanly_and_a_rerun_continues(tmp_path)
     takes seconds), so the search stops early, cleanly, and the rerun finishes it."""
     out = tmp_path / "out"
     args = digits(out, 3, "--multi-fidelity", epochs=2)
-    stopped = run_cli(*args, "--timeout", "1s", cwd=tmp_path)
+    stopped = run_here(*args, "--timeout", "1s", cwd=tmp_path)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     assert "stopped after --timeout" in stopped.stdout and "Rerun the same command to continue" in stopped.stdout
     _, parents, _, children = mlflow_runs(out)
     assert parents[0].info.status == "FINISHED" and parents[0].data.tags["rkd.stopped"] == "timeout"
     assert len(children) < 3
-    rerun = run_cli(*args, cwd=tmp_path)
+    rerun = run_here(*args, cwd=tmp_path)
     assert rerun.returncode == 0 and "resuming the search in" in rerun.stdout, rerun.stderr[-2000:]
     trials = records(out)
     assert sum(r.state.finished for r in trials) == 3 and len({r.number for r in trials}) == len(trials)

@@ -34,6 +34,16 @@ def test_digits_ship_offline_and_are_upscaled():
     assert data.augmentation.flip is False
 
 
+def test_digits_read_from_scikit_learns_file_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from rkd_search.trainer.data import _digits_arrays
+
+    pixels, labels = _digits_arrays()
+    reference = load_digits()
+    assert (pixels == reference.data).all() and (labels == reference.target).all()
+
+
 def test_batches_depend_only_on_seed_and_epoch(synthetic):
     first = list(train_batches(synthetic, 32, seed=3, epoch=2))
     again = list(train_batches(synthetic, 32, seed=3, epoch=2))

@@ -77,6 +77,14 @@ MODELS = [
 
 
 @pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
+@pytest.mark.parametrize("resolution", [32, 48])
+def test_a_students_flops_from_its_layers_equal_torchs_flop_counter(spec, resolution):
+    """count_spec_ops counts FLOPs from the Conv2d and Linear layers' shapes; count_ops with
+    torch's FlopCounterMode: the same numbers for every family."""
+    assert count_spec_ops(spec, resolution) == count_ops(build_model(spec), (spec.in_channels, resolution, resolution))
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda s: s.name)
 def test_every_model_returns_logits_and_three_stage_features(spec):
     model = build_model(spec)
     logits, features = model.forward_with_features(torch.randn(2, spec.in_channels, 32, 32))
