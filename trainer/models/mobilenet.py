@@ -83,7 +83,12 @@ class MobileNetV2(ThreeStageNet):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(head, num_classes)
         self.feature_info = stage_feature_info((channels[0], channels[1], head))
-        for module in self.modules() if not self.fc.weight.is_meta else ():  # meta: built only to be measured
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.fc.weight.is_meta:  # built only to be measured: random init on the meta device is slow and pointless
+            return
+        for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")
             elif isinstance(module, nn.BatchNorm2d):
