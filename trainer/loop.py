@@ -158,7 +158,10 @@ def fit(
     channels_last = use_channels_last(student, device, data.input_shape)
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
-    step_loss = _step_loss(student, config.loss, precision, device, compiled=_compiles(config.compile, device))
+    compiled = _compiles(config.compile, device)
+    if compiled:
+        _compile_cache_for((spec, config.loss, precision, device.type))
+    step_loss = _step_loss(student, config.loss, precision, device, compiled=compiled)
     optimizer = torch.optim.SGD(
         student.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -251,6 +254,23 @@ def fit(
 
 def _compiles(mode: str, device: torch.device) -> bool:
     return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
+_COMPILED_FOR: list = []  # what the Dynamo cache of this process was filled for (at most one key)
+
+
+def _compile_cache_for(key) -> None:
+    """Empty Dynamo's cache when the step to compile differs from the last compiled one.
+
+    Dynamo keeps one cache per code object, shared by every closure of ``forward_loss`` in the
+    process, and after ``torch._dynamo.config.recompile_limit`` (8) guard failures it runs the
+    function eagerly with a single log warning: a worker process training its ninth architecture
+    silently lost the compiled step (measured here). A new architecture now starts from an empty
+    cache; repeats of the same one (a paused trial continued) keep it, and Inductor's on-disk cache
+    still serves a kernel compiled before."""
+    if _COMPILED_FOR != [key]:
+        torch._dynamo.reset()
+        _COMPILED_FOR[:] = [key]
 
 
 class _StepLoss:

@@ -87,6 +87,19 @@ def wait_for_a_trial_mid_training(out: Path, process: subprocess.Popen, timeout:
     return None
 
 
+def check_listens_on_loopback_only(pid: int) -> None:
+    """Every socket that ``pid`` and its descendants listen on (a local Ray's raylet among them) is on loopback."""
+    import psutil
+
+    family = {pid} | {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    listening = {f"{c.laddr.ip}:{c.laddr.port}": psutil.Process(c.pid).name()
+                 for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in family}
+    assert any("raylet" in name for name in listening.values()), f"no raylet was seen listening: {listening}"
+    public = {address: name for address, name in listening.items()
+              if address.rsplit(":", 1)[0] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")}
+    assert not public, f"listening beyond loopback: {public}"
+
+
 def check_nothing_lost(out: Path, trials: int) -> None:
     """Exactly ``trials`` trials finished, none RUNNING in the study or MLflow, one run each, front right."""
     from optuna.trial import TrialState as OptunaState
@@ -341,6 +354,7 @@ def ray_session_processes(session: str) -> list[int]:
 
 @pytest.mark.slow
 def test_kill_9_of_a_ray_driver_leaves_no_ray_process_and_the_rerun_reuses_the_killed_trial(tmp_path):
+    """Also: the driver's local Ray, seen mid-trial, listens on loopback only."""
     import psutil
 
     out = tmp_path / "out"
@@ -355,6 +369,7 @@ def test_kill_9_of_a_ray_driver_leaves_no_ray_process_and_the_rerun_reuses_the_k
     sessions = {p.name for p in Path("/tmp/ray").glob("session_2*")
                 if p.stat().st_mtime >= started - 1 and family & set(ray_session_processes(p.name))}
     assert sessions, "the driver's local Ray was not found"
+    check_listens_on_loopback_only(process.pid)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     deadline = time.monotonic() + 30
@@ -371,35 +386,6 @@ def test_kill_9_of_a_ray_driver_leaves_no_ray_process_and_the_rerun_reuses_the_k
     _, _, _, children = mlflow_runs(out)
     again = next(c for c in children if c.info.run_id == running.info.run_id)  # the killed trial's run, reused
     assert again.data.tags["rkd.state"] == "complete" and "rkd.failure" not in again.data.tags
-
-
-@pytest.mark.slow
-def test_a_local_ray_listens_on_loopback_only(tmp_path):
-    import psutil
-
-    out = tmp_path / "out"
-    args = digits(out, 1, "--backend", "ray", epochs=4)
-    process = start_cli(*args, cwd=tmp_path, start_new_session=True)
-    listening: dict[str, str] = {}
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            time.sleep(2)
-            family = set()
-            for proc in psutil.Process(process.pid).children(recursive=True):
-                family.add(proc.pid)
-            for connection in psutil.net_connections("inet"):
-                if connection.status == "LISTEN" and connection.pid in family:
-                    listening[f"{connection.laddr.ip}:{connection.laddr.port}"] = psutil.Process(connection.pid).name()
-            if any("raylet" in name for name in listening.values()) and len(listening) >= 4:
-                break
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        process.communicate(timeout=120)
-    assert listening, "no Ray process was seen listening"
-    public = {address: name for address, name in listening.items()
-              if address.rsplit(":", 1)[0] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")}
-    assert not public, f"listening beyond loopback: {public}"
 
 
 # -- defaults and stopping ----------------------------------------------------------------------------------

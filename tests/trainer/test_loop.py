@@ -134,10 +134,12 @@ def test_fit_reports_batch_progress(synthetic):
     assert seen == [(i, steps) for i in range(1, steps + 1)] * 2
 
 
-def test_a_compiled_step_gives_the_eager_loss_and_gradients(synthetic):
+def test_a_compiled_step_gives_the_eager_loss_and_gradients(synthetic, monkeypatch):
     """``compile="on"`` runs the step's forward and loss mix through torch.compile (Inductor, here on
     the CPU): the same loss parts and gradients as eager, the graph loss's Gram matrices and k-NN
-    masks included; and ``fit`` trains with it, reporting the compile time."""
+    masks included; and ``fit`` trains with it, reporting the compile time. A process that trains
+    one architecture after another keeps compiling: Dynamo's recompile limit (8 by default, 1
+    here) would otherwise run every later architecture eagerly."""
     import copy
 
     from rkd_search.trainer.losses import gram_matrix
@@ -167,6 +169,10 @@ def test_a_compiled_step_gives_the_eager_loss_and_gradients(synthetic):
     straight, through = fit(config, synthetic, teacher=teacher), fit(dataclasses.replace(config, compile="on"), synthetic, teacher=teacher)
     assert straight.compile_seconds == 0 and through.compile_seconds > 0 and "compile_seconds" in through.metrics()
     assert through.history[0].train_loss == pytest.approx(straight.history[0].train_loss, rel=0.02)
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    wider = fit(dataclasses.replace(config, student=ModelSpec("wrn", 10, 0.5), compile="on"), synthetic, teacher=teacher)
+    assert wider.compile_seconds > 1.0 and torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
 
 
 def test_compiling_is_left_to_cuda_by_default():
