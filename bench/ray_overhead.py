@@ -76,11 +76,11 @@ def main() -> None:
         "",
         "| back-end | wall time, ratio to optuna |",
         "|---|---|",
-        "| optuna (in process) | 1.00 |",
-        f"| ray (local Ray started by the search) | {ratio:.2f} |",
+        "| optuna (embedded: one worker process trains the trials in turn) | 1.00 |",
+        f"| ray (a local Ray started by the search; Tune reuses a trial's actor for the next) | {ratio:.2f} |",
         "",
-        f"`ray/optuna = {ratio:.2f}`: on one machine Ray adds its start-up (a local cluster) and a worker "
-        "process per trial; it pays off on a cluster.",
+        f"`ray/optuna = {ratio:.2f}`: on one machine Ray adds its start-up (a local cluster) and Tune's "
+        "bookkeeping; it pays off on a cluster.",
     ])
 
 
