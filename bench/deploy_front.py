@@ -49,7 +49,8 @@ def main() -> None:
             table.append(
                 f"| {row['student']} | {int(row['macs']) / 1e6:.1f} | {100 * float(row['test_acc']):.2f} | "
                 f"{100 * summary['onnx_int8_test_acc']:.2f} | {100 * summary['litert_int8_test_acc']:.2f} | "
-                f"{litert['flash_bytes'] / 1024:.1f} | {int(row['flash_bytes']) / 1024:.1f} | {litert['sram_bytes'] / 1024:.1f} |")
+                f"{litert['flash_bytes'] / 1024:.1f} | {int(row['flash_bytes']) / 1024:.1f} | {litert['sram_bytes'] / 1024:.1f} | "
+                f"{', '.join(litert['float_ops']) or 'none'} |")
             print(table[-1], flush=True)
     write_section(Path(args.doc), "deploy_front", "Deployed front: PyTorch, ONNX int8 and LiteRT int8", [
         f"Command: `{command.strip()}`  ",
@@ -61,8 +62,9 @@ def main() -> None:
         "at batch 1, input and output included, which `--max-sram` limits (TFLite Micro's arena adds scratch buffers and "
         "alignment).",
         "",
-        "| student | M MACs | PyTorch test acc (%) | ONNX int8 (%) | LiteRT int8 (%) | .tflite (KiB) | counted flash (KiB) | SRAM (KiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| student | M MACs | PyTorch test acc (%) | ONNX int8 (%) | LiteRT int8 (%) | .tflite (KiB) | counted flash (KiB) | SRAM (KiB) "
+        "| LiteRT operators left in float |",
+        "|---|---|---|---|---|---|---|---|---|",
         *table,
     ])
 

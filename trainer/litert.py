@@ -99,7 +99,7 @@ def export_litert(model: nn.Module, input_shape: Sequence[int], path: str | os.P
     else:
         if not len(calibration):
             raise ValueError("an int8 LiteRT export needs calibration images")
-        quantizer = pt2e_quantizer.PT2EQuantizer().set_global(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
+        quantizer = _int8_quantizer(pt2e_quantizer)
         prepared = quantize_pt2e.prepare_pt2e(torch.export.export(wrapped, example).module(), quantizer)
         with torch.no_grad():
             if raw_input:  # the whole pixel range, so that the input's int8 scale is exactly 1
@@ -111,6 +111,37 @@ def export_litert(model: nn.Module, input_shape: Sequence[int], path: str | os.P
         quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
         converted = litert_torch.convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     return atomic_write(path, lambda temporary: converted.export(str(temporary)))
+
+
+def _int8_quantizer(pt2e_quantizer):
+    """litert-torch's PT2E quantizer, per-channel int8 weights and int8 activations, that also
+    quantizes every residual addition.
+
+    litert-torch finds additions by their source partitions, which ``torch.export`` no longer
+    records (``source_fn_stack`` is empty), so it annotates none, and the converter leaves in float
+    every addition whose output feeds another one: each chain of residual blocks in a stage (ADD x 3
+    for four MobileNetV2 blocks, x 6 for WRN-16 and ResNet-14, between DEQUANTIZE and QUANTIZE;
+    ``tests/trainer/test_litert.py``). Each addition of two tensors left unannotated gets the
+    configuration's int8 activation specs, so the converter emits integer ADDs."""
+    from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    class EveryAddQuantizer(pt2e_quantizer.PT2EQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            config = self.global_config
+            if config is None or not config.input_activation or config.is_dynamic:
+                return model
+            for node in model.graph.nodes:
+                inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+                if (node.op == "call_function" and node.target in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
+                        and len(inputs) == 2 and "quantization_annotation" not in node.meta):
+                    node.meta["quantization_annotation"] = QuantizationAnnotation(
+                        input_qspec_map={a: get_input_act_qspec(config) for a in inputs},
+                        output_qspec=get_output_act_qspec(config), _annotated=True)
+            return model
+
+    return EveryAddQuantizer().set_global(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
 
 
 def _interpreter(path: str | os.PathLike):
@@ -133,8 +164,8 @@ def tensor_formats(path: str | os.PathLike) -> tuple[TensorFormat, TensorFormat]
 
 def float_ops(path: str | os.PathLike) -> list[str]:
     """The operators of a ``.tflite`` model that read or write a float32 tensor, as "NAME x count":
-    empty for a fully-integer model. (litert-torch's PT2E quantizer leaves some residual additions
-    in float, between DEQUANTIZE and QUANTIZE: a chain of MobileNetV2 blocks, measured here.)"""
+    empty for a fully-integer model (``export_litert`` annotates the residual additions that
+    litert-torch's quantizer skips; this is the check that nothing else stayed float)."""
     interpreter = _interpreter(path)
     tensors = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
     found: dict[str, int] = {}
