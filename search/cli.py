@@ -253,7 +253,7 @@ def _export(argv: list[str]) -> int:
     litert = summary.get("litert") or {}
     if litert.get("float_ops"):
         print(f"  note: the int8 LiteRT model is not fully integer: {', '.join(litert['float_ops'])} run in float32 "
-              "(the converter left some residual additions unquantized); TFLite Micro runs them, with float buffers in its arena")
+              "(the converter left them unquantized); TFLite Micro runs them, with float buffers in its arena")
     return 0
 
 
