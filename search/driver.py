@@ -336,8 +336,9 @@ def finish(run: SearchRun, progress: Progress, completed: bool = True) -> list[T
         last = failed[-1]
         raise SearchError(f"every trial failed ({len(failed)}), none finished: see the {names.ERROR} tag of run "
                           f"{last.run_id} ({last.name}) in MLflow; nothing to put on a front")
+    compute_spent = o.max_student_epochs is not None and recorder.student_epochs >= o.max_student_epochs
     if not completed:
-        tracker.set_tags(run.parent_id, {names.STOPPED: "timeout"})
+        tracker.set_tags(run.parent_id, {names.STOPPED: "max-student-epochs" if compute_spent else "timeout"})
     tracker.end_search(run.parent_id, "FINISHED")
     write = progress.write
     write(f"\nBudget {o.budget} = {UNIT_NOTE}.")
@@ -356,7 +357,9 @@ def finish(run: SearchRun, progress: Progress, completed: bool = True) -> list[T
               "Export a student with: rkd-search export RUN_ID")
     if not completed:
         done = sum(r.state.finished for r in records)
-        write(f"stopped after --timeout: {done} of {o.trials} trials finished"
-              + (f", {len(paused)} paused with checkpoints" if paused else "")
-              + ". Rerun the same command to continue.")
+        reason, hint = ((f"--max-student-epochs {o.max_student_epochs} ({recorder.student_epochs} student-epochs trained)",
+                         "Rerun with a larger --max-student-epochs to continue.") if compute_spent else
+                        ("--timeout", "Rerun the same command to continue."))
+        write(f"stopped after {reason}: {done} of {o.trials} trials finished"
+              + (f", {len(paused)} paused with checkpoints" if paused else "") + f". {hint}")
     return front

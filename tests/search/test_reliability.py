@@ -405,7 +405,8 @@ def test_the_cards_command_defaults_the_data_folder_under_the_cache(tmp_path, mo
 @pytest.mark.slow
 def test_timeout_stops_new_work_finishes_cleanly_and_a_rerun_continues(tmp_path):
     """--timeout 1s: the deadline passes before the second trial can start on any machine (a trial
-    takes seconds), so the search stops early, cleanly, and the rerun finishes it."""
+    takes seconds), so the search stops early, cleanly, and the rerun finishes it; a rerun whose
+    --max-student-epochs is spent stops too, and says which limit stopped it."""
     out = tmp_path / "out"
     args = digits(out, 3, "--multi-fidelity", epochs=2)
     stopped = run_here(*args, "--timeout", "1s", cwd=tmp_path)
@@ -414,6 +415,12 @@ def test_timeout_stops_new_work_finishes_cleanly_and_a_rerun_continues(tmp_path)
     _, parents, _, children = mlflow_runs(out)
     assert parents[0].info.status == "FINISHED" and parents[0].data.tags["rkd.stopped"] == "timeout"
     assert len(children) < 3
+    # a compute budget smaller than three trials: stopped by it, said so, and how to continue
+    spent = run_here(*args, "--max-student-epochs", "1", cwd=tmp_path)
+    assert spent.returncode == 0, spent.stderr[-2000:]
+    assert "stopped after --max-student-epochs 1 (" in spent.stdout and "Rerun with a larger --max-student-epochs" in spent.stdout
+    _, parents, _, _ = mlflow_runs(out)
+    assert parents[0].data.tags["rkd.stopped"] == "max-student-epochs"
     rerun = run_here(*args, cwd=tmp_path)
     assert rerun.returncode == 0 and "resuming the search in" in rerun.stdout, rerun.stderr[-2000:]
     trials = records(out)
