@@ -37,6 +37,7 @@ from _bare import bare_loop, check_same_math
 from _docs import write_section
 from rkd_search.trainer import LossConfig, ModelSpec, TeacherTargets, TrainConfig, build_model, fit, load_dataset
 from rkd_search.trainer import loop
+from rkd_search.trainer.data import num_train_batches
 from rkd_search.trainer.defaults import EPOCHS
 
 
@@ -106,7 +107,7 @@ def main() -> None:
           f"fit/newcomer images per second = {fit_live_over_newcomer:.2f} (live), {fit_cached_over_newcomer:.2f} (cached)")
 
     first_compile, later_compile = compile_seconds[0], statistics.median(compile_seconds[1:])
-    steps_per_epoch = len(data.train_labels) // TrainConfig(student=student).batch_size
+    steps_per_epoch = num_train_batches(data, config_of(graph, False).batch_size)
     # A trial of the default length: an architecture never compiled on the machine (cold), or one
     # whose kernels Inductor's disk cache holds (a repeat, in a new worker process).
     new_architecture = (first_compile + EPOCHS * compiled_steady) / (EPOCHS * cached)
