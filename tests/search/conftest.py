@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from .helpers import add_decoy_packages, run_cli, search_args
+from .helpers import add_decoy_packages, mlflow_runs, run_cli, search_args
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,14 +47,36 @@ def empty_store(tmp_path_factory):
     os.environ.pop("RKD_TEST_EMPTY_STORE", None)
 
 
+@dataclass(frozen=True)
+class DigitsSearch:
+    """The session's digits search: 3 trials of 2 epochs, then the same command with 4 trials."""
+
+    root: Path
+    out: Path
+    first: subprocess.CompletedProcess
+    first_runs: frozenset[str]
+    """The trial run ids in the store after the first command."""
+    trained_first: frozenset[str]
+    """Of those, the trials it trained."""
+    second: subprocess.CompletedProcess
+
+
 @pytest.fixture(scope="session")
-def digits_search(tmp_path_factory):
-    """A 3-trial digits search, started from a folder holding a user's own search/, spaces/ and trainer/."""
+def digits_search(tmp_path_factory) -> DigitsSearch:
+    """A 3-trial digits search of 2 epochs, started from a folder holding a user's own search/,
+    spaces/ and trainer/, then resumed with ``--trials 4``: the tests that read a search (its store,
+    its exports, the MLflow UI) and the test of resuming share these two commands."""
     root = tmp_path_factory.mktemp("digits-search")
     add_decoy_packages(root)
-    result = run_cli(*search_args(root / "out", 3, "--dataset", "digits"), cwd=root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root
+    out = root / "out"
+    first = run_cli(*search_args(out, 3, "--dataset", "digits", epochs=2), cwd=root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    _, _, _, children = mlflow_runs(out)
+    runs = frozenset(c.info.run_id for c in children)
+    trained = frozenset(c.info.run_id for c in children if c.data.tags["rkd.state"] == "complete")
+    second = run_cli(*search_args(out, 4, "--dataset", "digits", epochs=2), cwd=root)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return DigitsSearch(root, out, first, runs, trained, second)
 
 
 @pytest.fixture(scope="session")

@@ -151,7 +151,7 @@ def run_readme_snippet(folder: Path, image: Path, cwd: Path) -> str:
 def test_the_readme_snippet_runs_on_an_rgb_and_a_grayscale_export(digits_search, cifar_search, cifar_lite_dir, tmp_path):
     from PIL import Image
 
-    for root, out, image in ((digits_search, digits_search / "out", None), (*cifar_search, next((cifar_lite_dir / "test" / "cat").iterdir()))):
+    for root, out, image in ((digits_search.root, digits_search.out, None), (*cifar_search, next((cifar_lite_dir / "test" / "cat").iterdir()))):
         chosen = _front_run(out)
         result = run_cli("export", chosen.info.run_id, "--raw-input", "--int8", "--calibration-images", "64",
                          "--output", str(tmp_path / out.parent.name), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
@@ -176,10 +176,10 @@ def test_an_export_is_readable_by_others_and_a_read_only_output_is_one_line_exit
     from .helpers import RKD_SEARCH, env_for
     from .test_reliability import readonly_prefix
 
-    out = digits_search / "out"
+    root, out = digits_search.root, digits_search.out
     chosen = _front_run(out)
     result = run_cli("export", chosen.info.run_id, "--output", str(tmp_path / "shared"), "--tracking-uri",
-                     f"sqlite:///{out}/mlflow.db", cwd=digits_search)
+                     f"sqlite:///{out}/mlflow.db", cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "shared" / "exports" / chosen.info.run_name
     umask = os.umask(0)
@@ -188,8 +188,8 @@ def test_an_export_is_readable_by_others_and_a_read_only_output_is_one_line_exit
 
     prefix, mount = readonly_prefix(tmp_path)
     refused = subprocess.run([*prefix, RKD_SEARCH, "export", chosen.info.run_id, "--output", str(mount / "exports"),
-                              "--tracking-uri", f"sqlite:///{out}/mlflow.db"], cwd=digits_search, capture_output=True,
-                             text=True, timeout=300, env=env_for(digits_search))
+                              "--tracking-uri", f"sqlite:///{out}/mlflow.db"], cwd=root, capture_output=True,
+                             text=True, timeout=300, env=env_for(root))
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert refused.stderr.strip().startswith("rkd-search: error: export --output") and "cannot be written" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
@@ -222,7 +222,7 @@ def test_int8_litert_students_run_by_the_interpreter_on_raw_images_keep_their_ac
     1.5 points of the PyTorch student's test accuracy."""
     from rkd_search.trainer import load_dataset
 
-    for root, out in ((digits_search, digits_search / "out"), cifar_search):
+    for root, out in ((digits_search.root, digits_search.out), cifar_search):
         chosen = _front_run(out)
         result = run_cli("export", chosen.info.run_id, "--format", "litert", "--int8", "--raw-input", "--calibration-images", "128",
                          "--output", str(tmp_path / root.name), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
@@ -235,7 +235,7 @@ def test_int8_litert_students_run_by_the_interpreter_on_raw_images_keep_their_ac
         assert litert["fully_integer"] and litert["float_ops"] == [] and "not fully integer" not in result.stdout
         assert litert["flash_bytes"] == (folder / "student.int8.tflite").stat().st_size
         assert 0 < litert["sram_bytes"] == card["sram_bytes"]
-        if root == digits_search:
+        if root == digits_search.root:
             data = load_dataset("digits")
             images, labels = data.test_images.numpy(), data.test_labels.numpy()
         else:

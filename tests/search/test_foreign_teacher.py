@@ -28,12 +28,25 @@ def save_teacher(form: str, folder) -> tuple[str, list[str]]:
     return str(folder / "resnet18.pkl"), ["--trust-teacher-code"]
 
 
+@pytest.fixture(scope="module")
+def cifar_tiny_dir(tmp_path_factory, cifar_lite_dir):
+    """40 training, 10 validation and 10 test images per class (links into ``cifar_lite_dir``): each
+    form's teacher is run once over every image, and a ResNet-18 is the cost of these tests."""
+    root = tmp_path_factory.mktemp("cifar-tiny")
+    for split, count in (("train", 40), ("val", 10), ("test", 10)):
+        for folder in sorted((cifar_lite_dir / split).iterdir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for path in sorted(folder.iterdir())[:count]:
+                (root / split / folder.name / path.name).symlink_to(path.resolve())
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("form", FORMS)
-def test_a_torchvision_teacher_in_each_form_drives_a_search(form, cifar_lite_dir, tmp_path):
+def test_a_torchvision_teacher_in_each_form_drives_a_search(form, cifar_tiny_dir, tmp_path):
     reference, flags = save_teacher(form, tmp_path)
     out = tmp_path / "out"
-    result = run_cli(*search_args(out, 1), "--dataset", "imagefolder", "--data-dir", str(cifar_lite_dir), "--teacher", reference,
+    result = run_cli(*search_args(out, 1), "--dataset", "imagefolder", "--data-dir", str(cifar_tiny_dir), "--teacher", reference,
                      *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     _, (parent,), (teacher,), (trial,) = mlflow_runs(out)

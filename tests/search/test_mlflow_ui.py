@@ -31,13 +31,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @pytest.fixture()
 def mlflow_server(digits_search):
-    out = digits_search / "out"
+    root, out = digits_search.root, digits_search.out
     port = free_port()
-    log = open(digits_search / "mlflow-server.log", "w")
+    log = open(root / "mlflow-server.log", "w")
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{out}/mlflow.db",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=digits_search, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -50,7 +50,7 @@ def mlflow_server(digits_search):
             pass
         if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
-            pytest.fail(f"mlflow server did not come up: {(digits_search / 'mlflow-server.log').read_text()[-2000:]}")
+            pytest.fail(f"mlflow server did not come up: {(root / 'mlflow-server.log').read_text()[-2000:]}")
         time.sleep(0.5)
     yield url, out
     os.killpg(server.pid, 15)

@@ -82,7 +82,7 @@ def test_search_on_a_two_node_cluster_uses_both_nodes_and_logs_like_the_embedded
     assert None not in nodes and len(nodes) == 2, nodes
     assert parents[0].data.tags["rkd.ray_nodes"] == "2" and parents[0].data.params["backend"] == "ray"
     # the same runs, names, params, metrics and tags as the embedded back-end's
-    assert child_keys(out) == child_keys(digits_search / "out")
+    assert child_keys(out) == child_keys(digits_search.out)
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ def test_trials_stopped_at_a_rung_keep_their_fidelity_and_stay_off_the_front(tmp
 
     address, env = ray_cluster
     out = tmp_path / "out"
-    args = search_args(out, 6, "--dataset", "digits", "--backend", "ray", "--address", address, "--multi-fidelity",
+    args = search_args(out, 4, "--dataset", "digits", "--backend", "ray", "--address", address, "--multi-fidelity",
                        "--seed", "3", epochs=3)
     result = run_cli(*args, cwd=tmp_path, timeout=900, env={**env, "RKD_CACHE_DIR": env_for(tmp_path)["RKD_CACHE_DIR"]})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -43,10 +43,10 @@ def test_every_family_trains_at_48_and_64_px_without_a_native_crash(resolution):
         from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig, dataset_from_tensors, fit
         from rkd_search.trainer.targets import LiveTeacher
         generator = torch.Generator().manual_seed(0)
-        images = F.interpolate(torch.rand(300, 3, 8, 8, generator=generator) * 255, size={resolution}, mode="bilinear")
+        images = F.interpolate(torch.rand(150, 3, 8, 8, generator=generator) * 255, size={resolution}, mode="bilinear")
         images = images.round().clamp(0, 255).to(torch.uint8)
-        labels = torch.arange(300) % 3
-        data = dataset_from_tensors("px", (images[:270], labels[:270]), (images[270:], labels[270:]), ["a", "b", "c"])
+        labels = torch.arange(150) % 3
+        data = dataset_from_tensors("px", (images[:135], labels[:135]), (images[135:], labels[135:]), ["a", "b", "c"])
         teacher = ModelSpec.parse("resnet8_0.25", 3, 3)
         from rkd_search.trainer import build_model
         teacher_model = build_model(teacher)
