@@ -6,6 +6,11 @@ and the rung records of multi-fidelity, so the embedded loop and the Ray loop di
 their framework's events reach these calls (as Optuna's own ``Study.tell`` and ``optimize`` both
 end a trial through one ``_tell``).
 
+A trial's end is written to MLflow first and told to Optuna last: the study's journal is what a
+rerun trusts, so a process killed between the two leaves the trial RUNNING there, and the rerun
+trains (or records) it again and rewrites its run. The other order left a trial PRUNED in the
+study whose run stayed SCHEDULED forever (found by a kill -9 landing between the two writes).
+
 How our states map onto Optuna's and MLflow's:
 
 | ``rkd.state`` | Optuna trial | MLflow run | counts towards ``--trials`` |
@@ -187,9 +192,9 @@ class Lifecycle:
     # -- transitions ----------------------------------------------------------------------------------
     def infeasible(self, number: int, plan: TrialPlan) -> None:
         """Over a limit: told to the sampler with its constraints, never trained."""
-        self.study.tell(number, self.objective.infeasible_values(plan))
         run_id = self.recorder.start(number, trial_key(number), plan)
         self.recorder.finish(run_id, number, plan, TrialState.INFEASIBLE)
+        self.study.tell(number, self.objective.infeasible_values(plan))
 
     def start(self, number: int, plan: TrialPlan, until: int, tags: dict[str, Any] | None = None) -> str:
         """Training starts (or continues) towards epoch ``until``: the run opens (or reopens)."""
@@ -222,8 +227,8 @@ class Lifecycle:
     def finish(self, number: int, result: TrainResult, tags: dict[str, Any] | None = None) -> None:
         """Trained for every epoch: told COMPLETE with (validation accuracy, MACs)."""
         trial = self.open.pop(number)
-        self.study.tell(number, self.objective.values(result))
         self.recorder.finish(trial.run_id, number, trial.plan, TrialState.COMPLETE, result, tags=tags)
+        self.study.tell(number, self.objective.values(result))
 
     def prune(self, number: int, why: str, tags: dict[str, Any] | None = None) -> None:
         """Stopped at a rung for good: told PRUNED, off the front; its last rung accuracy kept."""
@@ -231,20 +236,20 @@ class Lifecycle:
         plan = trial.plan if trial else self.plan_of(number)
         results = {int(k): v for k, v in self.attrs(number).get(names.TRIAL_RUNGS, {}).items()}
         reached = max(results, default=0)
-        self.study.tell(number, state=OptunaState.PRUNED)
         run_id = trial.run_id if trial else self.recorder.tracker.find_trial(self.recorder.parent_id, trial_key(number))
         if run_id is None:
             run_id = self.recorder.start(number, trial_key(number), plan)
         partial = {"val_acc": float(results[reached])} if reached else {}
         self.recorder.finish(run_id, number, plan, TrialState.PRUNED, tags={names.PRUNED: why, **(tags or {})},
                              partial=partial, epochs_done=reached)
+        self.study.tell(number, state=OptunaState.PRUNED)
 
     def fail(self, number: int, error: str, failure: str, epochs_done: int = 0, tags: dict[str, Any] | None = None) -> None:
         """Raised, diverged or its process died: told FAIL (another trial takes its place)."""
         trial = self.open.pop(number)
-        self.study.tell(number, state=OptunaState.FAIL)
         self.recorder.finish(trial.run_id, number, trial.plan, TrialState.FAILED, error=error,
                              tags={names.FAILURE: failure, **(tags or {})}, epochs_done=epochs_done)
+        self.study.tell(number, state=OptunaState.FAIL)
 
     def interrupt(self, number: int, reason: str, failure: str = "interrupted") -> None:
         """The search stopped under it (Ctrl-C, SIGTERM, Tune ended): the run is KILLED, the trial

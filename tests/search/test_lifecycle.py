@@ -83,3 +83,33 @@ def test_prune_fail_interrupt_and_infeasible(tracker, loop):
     assert "rerun to resume it" in killed.data.tags["rkd.error"]
     plan_again = lifecycle.define(reopen(loop.study, fourth))  # reopened: the same parameters
     assert plan_again.params == plan.params and finished_trials(loop.study) == 2
+
+
+@pytest.mark.parametrize("end", ["finish", "prune", "fail", "infeasible"])
+def test_a_process_killed_between_mlflow_and_optuna_leaves_the_trial_for_the_rerun(tracker, loop, monkeypatch, end):
+    """The run is written first, the study told last: a death in between (here: ``tell`` raising)
+    leaves the trial RUNNING in the study, which a rerun resumes and records again, never a trial
+    finished in the study whose run stays open."""
+    lifecycle = loop.lifecycle
+    number, plan = lifecycle.ask()
+    if end != "infeasible":
+        lifecycle.start(number, plan, 1)
+        lifecycle.pause(number, StubTrain()(plan.config, None, None, until=1))
+        lifecycle.start(number, plan, 9)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed between the two writes")
+
+    monkeypatch.setattr(loop.study, "tell", killed)
+    with pytest.raises(KeyboardInterrupt):
+        if end == "finish":
+            lifecycle.finish(number, StubTrain()(plan.config, None, None))
+        elif end == "prune":
+            lifecycle.prune(number, "dominated at its rung")
+        elif end == "fail":
+            lifecycle.fail(number, "FloatingPointError: nan", "error")
+        else:
+            lifecycle.infeasible(number, plan)
+    assert loop.study.trials[number].state == OptunaState.RUNNING
+    expected = {"finish": TrialState.COMPLETE, "prune": TrialState.PRUNED, "fail": TrialState.FAILED, "infeasible": TrialState.INFEASIBLE}
+    assert run_of(tracker, loop, number).state is expected[end]
