@@ -342,7 +342,7 @@ def finish(run: SearchRun, progress: Progress, completed: bool = True) -> list[T
     tracker.end_search(run.parent_id, "FINISHED")
     write = progress.write
     write(f"\nBudget {o.budget} = {UNIT_NOTE}.")
-    write(f"{len(records)} trials: {len(trained)} trained, {len(over)} over budget or a limit and never trained "
+    write(f"{len(records)} trial{'' if len(records) == 1 else 's'}: {len(trained)} trained, {len(over)} over budget or a limit and never trained "
           f"({100 * summary['over_budget_share']:.0f}% of candidates), "
           f"{sum(r.state is TrialState.PRUNED for r in records)} stopped early, {len(failed)} failed"
           + (f", {len(paused)} paused" if paused else "") + ".")

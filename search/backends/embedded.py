@@ -182,7 +182,6 @@ class EmbeddedLoop:
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> bool:
-        options = self.loop.options
         while True:
             self.prune_hopeless()
             while len(self.pool.running) < self.pool.capacity and not self.out_of_time:

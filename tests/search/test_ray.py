@@ -44,11 +44,17 @@ def ray_cluster(tmp_path_factory):
         client_env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # rkd-search sets it itself
         yield f"127.0.0.1:{port}", {**client_env, "RAY_AUTH_TOKEN_PATH": str(token)}
     finally:
-        for pid in ray_session_processes(str(temp_dir)):  # this cluster only: never `ray stop`, which stops every Ray
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        # this cluster's processes only: never `ray stop`, which stops every Ray on the machine. Until
+        # none is left: a raylet being killed may have just started an agent (one outlived a single pass)
+        deadline = time.monotonic() + 60
+        while (left := ray_session_processes(str(temp_dir))) and time.monotonic() < deadline:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        assert not ray_session_processes(str(temp_dir)), "the test cluster's Ray processes outlived it"
 
 
 def child_keys(out: Path) -> tuple[set, set, set]:

@@ -381,7 +381,7 @@ def test_kill_9_of_a_ray_driver_leaves_no_ray_process_and_the_rerun_reuses_the_k
     rerun = run_cli(*args, cwd=tmp_path, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"unfinished trial(s) continue: {running.info.run_name[:4]}" in rerun.stdout
-    assert "1 trials: 1 trained" in rerun.stdout
+    assert "1 trial: 1 trained" in rerun.stdout
     check_nothing_lost(out, 1)
     _, _, _, children = mlflow_runs(out)
     again = next(c for c in children if c.info.run_id == running.info.run_id)  # the killed trial's run, reused
