@@ -32,6 +32,7 @@ def test_search_logs_the_promised_mlflow_structure_and_resumes(digits_search):
     assert lines[0].startswith("rkd-search: output") and lines[1].startswith("validation split: 143 images")
     assert "standard error" in lines[1] and "val_acc_se" in first.stdout
 
+    assert "resuming the search in" in digits_search.second.stdout and "3 of 4 trials done" in digits_search.second.stdout
     front = check_search_store(out, 4, epochs=2)
     _, _, _, after = mlflow_runs(out)
     new = [c for c in after if c.info.run_id not in digits_search.first_runs]
