@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import add_decoy_packages, mlflow_runs, run_cli, search_args
+from .helpers import add_decoy_packages, imagefolder_subset, mlflow_runs, run_cli, search_args
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,14 +25,7 @@ def cifar_lite_dir(tmp_path_factory, cifar_dir):
     validation and 100 test images: searches train and evaluate fast, and exports are checked on
     every one of these 1,000 test images (the int8 checks compare the exported and the PyTorch
     student on the same images, so the paired difference is what counts)."""
-    root = tmp_path_factory.mktemp("cifar-lite")
-    for split, count in (("train", 200), ("val", 50), ("test", 100)):
-        for folder in sorted((cifar_dir / split).iterdir()):
-            target = root / split / folder.name
-            target.mkdir(parents=True)
-            for path in sorted(folder.iterdir())[:count]:
-                (target / path.name).symlink_to(path)
-    return root
+    return imagefolder_subset(cifar_dir, tmp_path_factory.mktemp("cifar-lite"), {"train": 200, "val": 50, "test": 100})
 
 
 @pytest.fixture(scope="session", autouse=True)

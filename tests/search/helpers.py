@@ -100,6 +100,17 @@ def prepare_store(args) -> None:
             shutil.copyfile(empty, path)
 
 
+def imagefolder_subset(source: Path, root: Path, counts: dict[str, int]) -> Path:
+    """The first ``counts[split]`` images of each class of ``source``'s splits, linked under ``root``."""
+    for split, count in counts.items():
+        for folder in sorted((source / split).iterdir()):
+            target = root / split / folder.name
+            target.mkdir(parents=True)
+            for path in sorted(folder.iterdir())[:count]:
+                (target / path.name).symlink_to(path.resolve())
+    return root
+
+
 def search_args(out: Path, trials: int, *extra: str, epochs: int = 1) -> list[str]:
     return ["--budget", BUDGET_FLAG, "--trials", str(trials), "--epochs", str(epochs), "--teacher-epochs", "1",
             "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", "--no-progress", *extra]

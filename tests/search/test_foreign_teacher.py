@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .helpers import mlflow_runs, run_cli, search_args
+from .helpers import imagefolder_subset, mlflow_runs, run_cli, search_args
 
 FORMS = ("state_dict", "torchscript", "pickled")
 
@@ -32,13 +32,7 @@ def save_teacher(form: str, folder) -> tuple[str, list[str]]:
 def cifar_tiny_dir(tmp_path_factory, cifar_lite_dir):
     """40 training, 10 validation and 10 test images per class (links into ``cifar_lite_dir``): each
     form's teacher is run once over every image, and a ResNet-18 is the cost of these tests."""
-    root = tmp_path_factory.mktemp("cifar-tiny")
-    for split, count in (("train", 40), ("val", 10), ("test", 10)):
-        for folder in sorted((cifar_lite_dir / split).iterdir()):
-            (root / split / folder.name).mkdir(parents=True)
-            for path in sorted(folder.iterdir())[:count]:
-                (root / split / folder.name / path.name).symlink_to(path.resolve())
-    return root
+    return imagefolder_subset(cifar_lite_dir, tmp_path_factory.mktemp("cifar-tiny"), {"train": 40, "val": 10, "test": 10})
 
 
 @pytest.mark.slow
