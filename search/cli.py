@@ -279,5 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The ``rkd-search`` command: a process of its own, which has imported PyTorch and computed
+    nothing yet, so the search's first workers may be forked from it instead of importing afresh."""
+    from .backends.workers import fresh_process
+
+    fresh_process()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -38,7 +38,7 @@ from .prescreen import Prescreen
 from .recorder import FrontSettings, Recorder
 from .records import TrialRecord, TrialState
 from .report import Progress, front_table, noise_note
-from .setup import SearchOptions, SearchSetup, default_threads, validate
+from .setup import SearchOptions, SearchSetup, check_flags, default_threads, validate
 from .study import OutputLock, open_study
 from .tracking import Tracker, schema, sqlite_path
 
@@ -96,20 +96,29 @@ def load_backend(name: str):
 
 
 def run_search(options: SearchOptions) -> list[TrialRecord]:
+    check_flags(options)
+    pool = None
+    if options.backend == "optuna":
+        # the embedded back-end's workers start first, before this process computes anything (then
+        # they are forked from it: see workers.fresh_process); they wait for the search's files
+        from .backends.workers import WorkerPool
+
+        pool = WorkerPool(capacity=options.jobs).prewarm()
     progress = Progress(options.progress)
-    setup = validate(options, progress=_decoding_bar(progress))
+    try:
+        setup = validate(options, progress=_decoding_bar(progress))
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     backend = load_backend(options.backend)
     lock = OutputLock(setup.output)
     run: SearchRun | None = None
-    session = pool = None
+    session = None
     with stop_on_signals():
         try:
             session = backend.connect(setup)
             lock.acquire()  # a second search on this output folder is refused here, before any write
-            if options.backend == "optuna":  # the workers import while the teacher trains
-                from .backends.workers import WorkerPool
-
-                pool = WorkerPool(capacity=options.jobs).prewarm()
             run = start(setup, progress)
             announce(run, progress)
             loop = trial_loop(run, progress, pool)

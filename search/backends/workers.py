@@ -6,6 +6,12 @@ worker process: the driver keeps the study, MLflow and the front, and when a wor
 that trial with the signal named, starts a new worker and goes on. ``--jobs N`` runs N workers,
 so N trials train at once (on one GPU, or on the CPU's cores split between them).
 
+A new process's first workers are forked from it (``fresh_process``): it has imported PyTorch and
+run no operation yet, so they start without importing anything (PyTorch's import is seconds of CPU
+per search). Every later worker, and every worker of a process that has computed with PyTorch (its
+OpenMP thread pool does not survive a fork: the child's first parallel operation hangs) or that may
+use CUDA, is spawned: a fresh interpreter.
+
 A worker loads the search's data and teacher targets once, memory-mapped from files the driver
 wrote (``WorkerFiles``), then trains one job at a time: it receives the job's config as plain data,
 sends an event after every epoch, and sends the result (weights as bytes, written with
@@ -27,6 +33,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -91,6 +98,25 @@ class Executor(Protocol):
         """Block until at least one job produced an event; hand every event to ``handle``."""
 
     def close(self) -> None: ...
+
+
+_FRESH: list[bool] = [False]
+
+
+def fresh_process() -> None:
+    """Say that this process has imported PyTorch and computed nothing yet: the next ``prewarm``
+    may fork its workers (``rkd-search``'s entry point says so before anything else runs)."""
+    _FRESH[0] = True
+
+
+def _fork_now() -> bool:
+    """Whether a worker started now may be forked: a fresh process (``fresh_process``, not yet
+    used), on Linux, without a GPU (CUDA, once initialised, does not survive a fork)."""
+    if not _FRESH[0] or sys.platform != "linux":
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def _resolve(reference: str) -> Callable[..., TrainResult]:
@@ -175,11 +201,17 @@ class WorkerFiles:
     """``module:function`` with ``train_student``'s signature (tests substitute their own)."""
 
 
+WORKER_NAME = "rkd-worker"
+"""A worker's process name (``ps``, ``top``; Linux): forked workers would otherwise show the
+driver's command line."""
+
+
 def _die_with_parent() -> None:
-    """Ask Linux to kill this process when the driver dies (kill -9 included)."""
+    """Ask Linux to kill this process when the driver dies (kill -9 included), and name it."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(15, WORKER_NAME.encode())  # PR_SET_NAME
     except (OSError, AttributeError):  # not Linux: the worker ends when its pipe closes
         pass
 
@@ -276,8 +308,15 @@ class WorkerPool:
         self.workers: list[_Worker] = []
 
     def prewarm(self) -> "WorkerPool":
+        """Start the workers: forked when this process is fresh (``fresh_process``; only this
+        once: the process computes next), else spawned."""
+        fork = _fork_now()
+        _FRESH[0] = False
+        if fork:
+            sys.stdout.flush()  # a forked child must not write the parent's buffered output again
+            sys.stderr.flush()
         while len(self.workers) < self.capacity:
-            self._start()
+            self._start(multiprocessing.get_context("fork") if fork else self.context)
         return self
 
     def configure(self, files: WorkerFiles) -> None:
@@ -288,9 +327,10 @@ class WorkerPool:
             except (BrokenPipeError, OSError):  # died while waiting: replaced when needed
                 self.workers.remove(worker)
 
-    def _start(self) -> _Worker:
-        here, there = self.context.Pipe()
-        process = self.context.Process(target=worker_main, args=(there, os.getpid()), daemon=True, name="rkd-search-worker")
+    def _start(self, context=None) -> _Worker:
+        context = context or self.context
+        here, there = context.Pipe()
+        process = context.Process(target=worker_main, args=(there, os.getpid()), daemon=True, name="rkd-search-worker")
         process.start()
         there.close()
         worker = _Worker(process, here)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rkd_search.search.backends.workers import WORKER_NAME
 from rkd_search.search.cli import main
 from rkd_search.search.pareto import compute_front
 from rkd_search.search.tracking import Tracker, TrackingSettings
@@ -321,8 +322,10 @@ def test_kill_9_of_one_of_two_jobs_and_of_the_search_then_a_rerun_loses_nothing(
     assert wait_for_a_trial_mid_training(out, process) is not None
     refused = run_cli(*args, cwd=tmp_path)
     assert refused.returncode == 2 and "is in use by another rkd-search" in refused.stderr
-    workers = [p for p in psutil.Process(process.pid).children() if "spawn_main" in " ".join(p.cmdline())]
-    assert len(workers) == 2, [p.cmdline() for p in workers]
+    workers = [p for p in psutil.Process(process.pid).children() if p.name() == WORKER_NAME]
+    assert len(workers) == 2, [p.cmdline() for p in psutil.Process(process.pid).children()]
+    # the command's workers were forked from it (they share its command line), not spawned
+    assert all(w.cmdline() == psutil.Process(process.pid).cmdline() for w in workers)
     workers[0].kill()
     time.sleep(2)
     process.send_signal(signal.SIGKILL)

@@ -171,8 +171,11 @@ def test_a_compiled_step_gives_the_eager_loss_and_gradients(synthetic, monkeypat
     assert through.history[0].train_loss == pytest.approx(straight.history[0].train_loss, rel=0.02)
 
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     wider = fit(dataclasses.replace(config, student=ModelSpec("wrn", 10, 0.5), compile="on"), synthetic, teacher=teacher)
-    assert wider.compile_seconds > 1.0 and torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    # compiled, not run eagerly past the limit: Dynamo made new graphs for it (a time threshold would
+    # depend on the machine and on Inductor's cache)
+    assert wider.compile_seconds > 0 and torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
 
 
 def test_compiling_is_left_to_cuda_by_default():

@@ -76,3 +76,48 @@ def test_exit_codes_are_described():
     assert "SIGABRT" in describe_exit(-6) and "abort" in describe_exit(-6)
     assert "out-of-memory" in describe_exit(-9)
     assert "exit code 3" in describe_exit(3)
+
+
+FORKED_THEN_SPAWNED = """
+import json, sys, torch
+from rkd_search.search.backends.workers import Done, WorkerFiles, WorkerPool, fresh_process
+from tests.search.backends.test_workers import job
+
+def started(pool):
+    worker = pool.workers[0].process
+    with open(f"/proc/{worker.pid}/cmdline", "rb") as theirs, open("/proc/self/cmdline", "rb") as ours:
+        return "forked" if theirs.read() == ours.read() else "spawned"
+
+fresh_process()
+pool = WorkerPool(capacity=1).prewarm()
+how = [started(pool)]
+pool.configure(WorkerFiles(sys.argv[1], None, 2, "cpu", 2, "tests.search.backends.crashing:segfault_on_wide_students"))
+pool.submit(job(0, 0.5, epochs=1))
+events = []
+while pool.running:
+    pool.wait(events.append)
+pool.close()
+torch.nn.functional.conv2d(torch.randn(8, 16, 64, 64), torch.randn(16, 16, 3, 3))  # this process computes now
+again = WorkerPool(capacity=1).prewarm()
+how.append(started(again))
+again.close()
+print(json.dumps({"how": how, "done": [type(e).__name__ for e in events]}))
+"""
+
+
+def test_a_fresh_process_forks_its_first_workers_which_train_then_spawns(tmp_path, synthetic):
+    """``fresh_process`` (the command's entry point): the first pool's workers are forked and train
+    on two threads; once the process has computed with PyTorch (whose OpenMP thread pool a forked
+    child inherits broken: its first parallel operation hangs), workers are spawned."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = synthetic.save(tmp_path / "data.pt")
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run([sys.executable, "-c", FORKED_THEN_SPAWNED, str(data)], cwd=root, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"how": ["forked", "spawned"], "done": ["Epoch", "Done"]}
