@@ -361,7 +361,9 @@ def test_kill_9_of_a_ray_driver_leaves_no_ray_process_and_the_rerun_reuses_the_k
     import psutil
 
     out = tmp_path / "out"
-    args = digits(out, 1, "--backend", "ray", epochs=2)
+    # one CPU, so one training thread, as every test's training (tests/conftest.py): the local Ray
+    # would give the trial both cores, and two threads beside the other pytest worker thrash
+    args = digits(out, 1, "--backend", "ray", "--trial-resources", "cpu=1", epochs=2)
     started = time.time()
     process = start_cli(*args, cwd=tmp_path, stdout=subprocess.DEVNULL, start_new_session=True)
     running = wait_for_a_trial_mid_training(out, process)
