@@ -10,7 +10,10 @@ A new process's first workers are forked from it (``fresh_process``): it has imp
 run no operation yet, so they start without importing anything (PyTorch's import is seconds of CPU
 per search). Every later worker, and every worker of a process that has computed with PyTorch (its
 OpenMP thread pool does not survive a fork: the child's first parallel operation hangs) or that may
-use CUDA, is spawned: a fresh interpreter.
+use CUDA, is forked from a fork server instead (``multiprocessing``'s forkserver, where the platform
+has one, else spawned): a process started once per driver that imports PyTorch and the trainer and
+never computes, so every worker after its first starts in a fraction of a second, and a library
+user's or a benchmark's many searches in one process pay for those imports once.
 
 A worker loads the search's data and teacher targets once, memory-mapped from files the driver
 wrote (``WorkerFiles``), then trains one job at a time: it receives the job's config as plain data,
@@ -119,6 +122,20 @@ def _fork_now() -> bool:
     return not torch.cuda.is_available()
 
 
+FORKSERVER_PRELOAD = ("rkd_search.search.backends.workers", "rkd_search.search.objective", "torch._dynamo")
+"""What the fork server imports once (``torch._dynamo``: PyTorch imports it at a worker's first
+optimizer, about 2 CPU-s)."""
+
+
+def _worker_context():
+    """The fork server where the platform has one (Linux, macOS), else spawn: a fresh interpreter."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(FORKSERVER_PRELOAD))  # read when the server starts (once per process)
+    return context
+
+
 def _resolve(reference: str) -> Callable[..., TrainResult]:
     module, _, name = reference.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -216,14 +233,18 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(connection: Connection, parent: int) -> None:
+def worker_main(connection: Connection, parent: int | None) -> None:
     """A worker process: import, receive the ``WorkerFiles`` and load them once, then train the jobs
     the driver sends until it sends None. (Started before the files exist, while the driver trains
-    the teacher, so that its imports cost the search nothing.)"""
+    the teacher, so that its imports cost the search nothing.)
+
+    ``parent``: the driver's pid when the driver is this process's parent; None for a fork server's
+    child, whose parent is the server (it exits when the driver does, and then this process dies
+    too; a driver gone earlier closed the pipe, which ends this process at its first read)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if os.getppid() != parent:  # the driver died before the line above took effect
+    if parent is not None and os.getppid() != parent:  # the driver died before the line above took effect
         return
     import torch
 
@@ -304,12 +325,12 @@ class WorkerPool:
         self.files = files
         self.capacity = capacity
         self.running: dict[int, Job] = {}
-        self.context = multiprocessing.get_context("spawn")
+        self.context = _worker_context()
         self.workers: list[_Worker] = []
 
     def prewarm(self) -> "WorkerPool":
         """Start the workers: forked when this process is fresh (``fresh_process``; only this
-        once: the process computes next), else spawned."""
+        once: the process computes next), else from the fork server."""
         fork = _fork_now()
         _FRESH[0] = False
         if fork:
@@ -330,7 +351,8 @@ class WorkerPool:
     def _start(self, context=None) -> _Worker:
         context = context or self.context
         here, there = context.Pipe()
-        process = context.Process(target=worker_main, args=(there, os.getpid()), daemon=True, name="rkd-search-worker")
+        parent = None if context.get_start_method() == "forkserver" else os.getpid()
+        process = context.Process(target=worker_main, args=(there, parent), daemon=True, name="rkd-search-worker")
         process.start()
         there.close()
         worker = _Worker(process, here)

@@ -78,37 +78,46 @@ def test_exit_codes_are_described():
     assert "exit code 3" in describe_exit(3)
 
 
-FORKED_THEN_SPAWNED = """
-import json, sys, torch
+FORKED_THEN_FROM_THE_FORK_SERVER = """
+import json, os, sys, torch
 from rkd_search.search.backends.workers import Done, WorkerFiles, WorkerPool, fresh_process
 from tests.search.backends.test_workers import job
 
 def started(pool):
     worker = pool.workers[0].process
-    with open(f"/proc/{worker.pid}/cmdline", "rb") as theirs, open("/proc/self/cmdline", "rb") as ours:
-        return "forked" if theirs.read() == ours.read() else "spawned"
+    with open(f"/proc/{worker.pid}/stat") as stat:
+        parent = int(stat.read().rpartition(")")[2].split()[1])
+    if parent == os.getpid():
+        return "forked"
+    with open(f"/proc/{parent}/cmdline", "rb") as server:
+        return "fork server" if b"multiprocessing.forkserver" in server.read() else "other"
+
+def train(pool):
+    pool.configure(WorkerFiles(sys.argv[1], None, 2, "cpu", 2, "tests.search.backends.crashing:segfault_on_wide_students"))
+    pool.submit(job(0, 0.5, epochs=1))
+    events = []
+    while pool.running:
+        pool.wait(events.append)
+    pool.close()
+    return [type(e).__name__ for e in events]
 
 fresh_process()
 pool = WorkerPool(capacity=1).prewarm()
 how = [started(pool)]
-pool.configure(WorkerFiles(sys.argv[1], None, 2, "cpu", 2, "tests.search.backends.crashing:segfault_on_wide_students"))
-pool.submit(job(0, 0.5, epochs=1))
-events = []
-while pool.running:
-    pool.wait(events.append)
-pool.close()
+done = [train(pool)]
 torch.nn.functional.conv2d(torch.randn(8, 16, 64, 64), torch.randn(16, 16, 3, 3))  # this process computes now
 again = WorkerPool(capacity=1).prewarm()
 how.append(started(again))
-again.close()
-print(json.dumps({"how": how, "done": [type(e).__name__ for e in events]}))
+done.append(train(again))
+print(json.dumps({"how": how, "done": done}))
 """
 
 
-def test_a_fresh_process_forks_its_first_workers_which_train_then_spawns(tmp_path, synthetic):
-    """``fresh_process`` (the command's entry point): the first pool's workers are forked and train
-    on two threads; once the process has computed with PyTorch (whose OpenMP thread pool a forked
-    child inherits broken: its first parallel operation hangs), workers are spawned."""
+def test_a_fresh_process_forks_its_first_workers_then_the_fork_server_starts_them_and_both_train(tmp_path, synthetic):
+    """``fresh_process`` (the command's entry point): the first pool's workers are forked from this
+    process; once it has computed with PyTorch (whose OpenMP thread pool a forked child inherits
+    broken: its first parallel operation hangs), they come from the fork server. Both kinds train
+    on two threads (a hang here would time out)."""
     import json
     import subprocess
     import sys
@@ -116,8 +125,8 @@ def test_a_fresh_process_forks_its_first_workers_which_train_then_spawns(tmp_pat
 
     data = synthetic.save(tmp_path / "data.pt")
     root = Path(__file__).resolve().parents[3]
-    result = subprocess.run([sys.executable, "-c", FORKED_THEN_SPAWNED, str(data)], cwd=root, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", FORKED_THEN_FROM_THE_FORK_SERVER, str(data)], cwd=root, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report == {"how": ["forked", "spawned"], "done": ["Epoch", "Done"]}
+    assert report == {"how": ["forked", "fork server"], "done": [["Epoch", "Done"], ["Epoch", "Done"]]}
