@@ -11,6 +11,7 @@ import argparse
 import difflib
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -281,9 +282,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> int:
     """The ``rkd-search`` command: a process of its own, which has imported PyTorch and computed
-    nothing yet, so the search's first workers may be forked from it instead of importing afresh."""
+    nothing yet, so the search's first workers may be forked from it instead of importing afresh.
+    ``kill -USR1 PID`` prints the stack of each of its threads to stderr (a search that seems stuck)."""
+    import faulthandler
+
     from .backends.workers import fresh_process
 
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     fresh_process()
     return main()
 

@@ -12,8 +12,12 @@ from .helpers import add_decoy_packages, imagefolder_subset, mlflow_runs, run_cl
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory):
-    """One cache of teachers, teacher targets and decoded datasets for the session's searches."""
-    path = tmp_path_factory.mktemp("shared-cache")
+    """One cache of teachers, teacher targets and decoded datasets for the session's searches, and
+    for every pytest-xdist worker's (each entry is keyed by what it depends on and written
+    atomically, as a user's cache shared by concurrent searches): the digits teacher is trained once."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-cache"
+    path.mkdir(exist_ok=True)
     os.environ["RKD_TEST_SHARED_CACHE"] = str(path)
     yield path
     os.environ.pop("RKD_TEST_SHARED_CACHE", None)

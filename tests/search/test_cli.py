@@ -18,7 +18,7 @@ import torch
 
 from rkd_search.search.cli import main
 
-from .helpers import SHARED, check_search_store, mlflow_runs, run_cli, search_args, start_cli
+from .helpers import SHARED, check_search_store, communicate_or_dump, mlflow_runs, run_cli, run_here, search_args, start_cli
 
 
 @pytest.mark.slow
@@ -42,7 +42,7 @@ def test_search_logs_the_promised_mlflow_structure_and_resumes(digits_search):
         rows = list(csv.DictReader(handle))
     assert all(0 < float(row["val_acc_se"]) < 0.1 for row in rows)
 
-    table = run_cli("pareto", "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=digits_search.root)
+    table = run_here("pareto", "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=digits_search.root)
     assert table.returncode == 0, table.stderr
     printed = {line.split()[-1] for line in table.stdout.splitlines()[2:] if line.strip()}
     assert printed == {c.info.run_id for c in front}
@@ -55,7 +55,7 @@ def test_a_search_on_the_cifar_subset_logs_the_same_structure(cifar_search):
     """The same store on real CIFAR-10 images (the shared 3-trial search the export tests use too)."""
     root, out = cifar_search
     front = check_search_store(out, 3, epochs=3)
-    table = run_cli("pareto", "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
+    table = run_here("pareto", "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
     assert table.returncode == 0, table.stderr
     printed = {line.split()[-1] for line in table.stdout.splitlines()[2:] if line.strip()}
     assert printed == {c.info.run_id for c in front}
@@ -120,13 +120,13 @@ def wait_for_a_trial_after(out: Path, process: subprocess.Popen, completed: int)
     return None
 
 
-def check_stopped_by(sig: int, process: subprocess.Popen, out: Path, running) -> str:
+def check_stopped_by(sig: int, process: subprocess.Popen, out: Path, running) -> tuple[str, str]:
     """``sig`` sent to the search: exit 130, the running trial marked, the front so far tagged and written."""
     from rkd_search.search import compute_front
     from rkd_search.search.tracking import Tracker, TrackingSettings
 
     process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = communicate_or_dump(process, timeout=120)
     assert process.returncode == 130, stderr[-2000:]
     assert stdout.splitlines()[0].startswith("rkd-search: output") and "MLflow experiment" in stdout.splitlines()[0]
     why = "interrupted" if sig == signal.SIGINT else "stopped by SIGTERM"
@@ -144,30 +144,33 @@ def check_stopped_by(sig: int, process: subprocess.Popen, out: Path, running) ->
     with open(out / "pareto.csv") as handle:
         assert {row["run_id"] for row in csv.DictReader(handle)} == tagged
     assert (out / "pareto.png").exists()
-    return stdout
+    return stdout, stderr
 
 
 @pytest.mark.slow
 def test_ctrl_c_and_sigterm_each_mark_the_trial_end_the_parent_keep_a_front_and_a_rerun_resumes(tmp_path):
-    """SIGINT (Ctrl-C) once a trial finished and another has trained an epoch of its four; the same
-    command again, then SIGTERM (docker stop, Kubernetes, SLURM) at the same point of the next trial;
-    the same command to the end. Each signal: exit 130, the front so far tagged and written, the
+    """SIGINT (Ctrl-C) once a trial finished and another has trained an epoch of its two (SIGUSR1
+    just before prints the command's threads and stops nothing); the same command again, then
+    SIGTERM (docker stop, Kubernetes, SLURM) at the same point of the next trial; the same command
+    to the end. Each signal: exit 130, the front so far tagged and written, the
     running trial marked. Each rerun says where it resumes, reuses the marked trial's run and clears
     its failure tags."""
     out = tmp_path / "out"
-    args = search_args(out, 3, "--dataset", "digits", epochs=4)
+    args = search_args(out, 3, "--dataset", "digits", epochs=2)
     process = start_cli(*args, cwd=tmp_path)
     first = wait_for_a_trial_after(out, process, completed=1)
     assert first is not None, "no trial finished and another trained an epoch"
-    check_stopped_by(signal.SIGINT, process, out, first)
+    process.send_signal(signal.SIGUSR1)  # prints its threads' stacks (a search that seems stuck), and goes on
+    _, stderr = check_stopped_by(signal.SIGINT, process, out, first)
+    assert "most recent call first" in stderr and "run_search" in stderr, stderr[-2000:]
 
     process = start_cli(*args, cwd=tmp_path)
     second = wait_for_a_trial_after(out, process, completed=2)
     assert second is not None and second.info.run_id != first.info.run_id, "the resumed search trained no further trial"
-    stdout = check_stopped_by(signal.SIGTERM, process, out, second)
+    stdout, _ = check_stopped_by(signal.SIGTERM, process, out, second)
     assert "resuming the search in" in stdout and "1 of 3 trials done" in stdout
 
-    rerun = run_cli(*args, cwd=tmp_path)
+    rerun = run_here(*args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming the search in" in rerun.stdout and "2 of 3 trials done" in rerun.stdout
     _, parents, _, children = mlflow_runs(out)

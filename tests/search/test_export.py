@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from .helpers import SHARED, mlflow_runs, run_cli
+from .helpers import SHARED, mlflow_runs, run_here
 
 pytestmark = pytest.mark.xdist_group(SHARED)
 
@@ -45,7 +45,7 @@ def _accuracy(model: Path, images: np.ndarray, labels: np.ndarray) -> float:
 def test_exported_onnx_fed_raw_pngs_through_the_recorded_preprocessing_reproduces_the_test_accuracy(cifar_search, cifar_lite_dir):
     root, out = cifar_search
     chosen = _front_run(out)
-    result = run_cli("export", chosen.info.run_id, "--output", str(out / "float"), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
+    result = run_here("export", chosen.info.run_id, "--output", str(out / "float"), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     folder = out / "float" / "exports" / chosen.info.run_name
     card = json.loads((folder / "student.json").read_text())
@@ -86,7 +86,7 @@ def _logits(path: Path, x: np.ndarray) -> np.ndarray:
 def test_raw_input_export_and_int8_accuracy_is_measured_and_logged(cifar_search, cifar_lite_dir):
     root, out = cifar_search
     chosen = _front_run(out)
-    result = run_cli("export", chosen.info.run_id, "--raw-input", "--int8", "--calibration-images", "256", "--output", str(out / "raw"),
+    result = run_here("export", chosen.info.run_id, "--raw-input", "--int8", "--calibration-images", "256", "--output", str(out / "raw"),
                      "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test accuracy, onnx_int8:" in result.stdout
@@ -153,7 +153,7 @@ def test_the_readme_snippet_runs_on_an_rgb_and_a_grayscale_export(digits_search,
 
     for root, out, image in ((digits_search.root, digits_search.out, None), (*cifar_search, next((cifar_lite_dir / "test" / "cat").iterdir()))):
         chosen = _front_run(out)
-        result = run_cli("export", chosen.info.run_id, "--raw-input", "--int8", "--calibration-images", "64",
+        result = run_here("export", chosen.info.run_id, "--raw-input", "--int8", "--calibration-images", "64",
                          "--output", str(tmp_path / out.parent.name), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
         assert result.returncode == 0, result.stderr[-2000:]
         folder = tmp_path / out.parent.name / "exports" / chosen.info.run_name
@@ -178,7 +178,7 @@ def test_an_export_is_readable_by_others_and_a_read_only_output_is_one_line_exit
 
     root, out = digits_search.root, digits_search.out
     chosen = _front_run(out)
-    result = run_cli("export", chosen.info.run_id, "--output", str(tmp_path / "shared"), "--tracking-uri",
+    result = run_here("export", chosen.info.run_id, "--output", str(tmp_path / "shared"), "--tracking-uri",
                      f"sqlite:///{out}/mlflow.db", cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "shared" / "exports" / chosen.info.run_name
@@ -224,7 +224,7 @@ def test_int8_litert_students_run_by_the_interpreter_on_raw_images_keep_their_ac
 
     for root, out in ((digits_search.root, digits_search.out), cifar_search):
         chosen = _front_run(out)
-        result = run_cli("export", chosen.info.run_id, "--format", "litert", "--int8", "--raw-input", "--calibration-images", "128",
+        result = run_here("export", chosen.info.run_id, "--format", "litert", "--int8", "--raw-input", "--calibration-images", "128",
                          "--output", str(tmp_path / root.name), "--tracking-uri", f"sqlite:///{out}/mlflow.db", cwd=root)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "test accuracy, litert_int8:" in result.stdout

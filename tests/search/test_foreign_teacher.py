@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .helpers import imagefolder_subset, mlflow_runs, run_cli, search_args
+from .helpers import imagefolder_subset, mlflow_runs, run_here, search_args
 
 FORMS = ("state_dict", "torchscript", "pickled")
 
@@ -40,7 +40,7 @@ def cifar_tiny_dir(tmp_path_factory, cifar_lite_dir):
 def test_a_torchvision_teacher_in_each_form_drives_a_search(form, cifar_tiny_dir, tmp_path):
     reference, flags = save_teacher(form, tmp_path)
     out = tmp_path / "out"
-    result = run_cli(*search_args(out, 1), "--dataset", "imagefolder", "--data-dir", str(cifar_tiny_dir), "--teacher", reference,
+    result = run_here(*search_args(out, 1), "--dataset", "imagefolder", "--data-dir", str(cifar_tiny_dir), "--teacher", reference,
                      *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     _, (parent,), (teacher,), (trial,) = mlflow_runs(out)

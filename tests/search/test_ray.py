@@ -1,5 +1,5 @@
-"""The Ray back-end with real Ray processes: one two-node cluster started with `ray start` (as the
-README tells a user) shared by these tests, Ctrl-C and resume, and multi-fidelity's early stops
+"""The Ray back-end with real Ray processes: a two-node cluster started with `ray start` (as the
+README tells a user), one per pytest worker that runs these tests, Ctrl-C and resume, and multi-fidelity's early stops
 kept off the Pareto front. The cluster's processes, and only they, are stopped after these tests."""
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import SHARED, add_decoy_packages, check_search_store, env_for, free_port, mlflow_runs, run_cli, search_args, start_cli
+from .helpers import SHARED, add_decoy_packages, check_search_store, communicate_or_dump, env_for, free_port, mlflow_runs, run_cli, search_args, start_cli
 from .test_reliability import check_every_trial_failed, digits, ray_session_processes, space_file
 
-pytestmark = pytest.mark.xdist_group(SHARED)
+RAY_CLUSTER = "ray-cluster"
+"""The xdist group of the tests that need only the cluster; the two-node test compares its runs with
+the session's digits search, so it runs with that search (``SHARED``), on a cluster of its own
+worker's (this module's fixture): the two groups run side by side."""
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -34,11 +37,17 @@ def ray_cluster(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--temp-dir", str(temp_dir)]
+
+    def ports() -> list[str]:
+        """Free ports for the services whose default port is fixed: another worker's cluster may run beside this one."""
+        return [item for flag in ("--dashboard-agent-listen-port", "--metrics-export-port", "--runtime-env-agent-port")
+                for item in (flag, str(free_port()))]
+
     try:
-        head = subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *common],
+        head = subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *ports(), *common],
                               capture_output=True, text=True, env=env, timeout=180)
         assert head.returncode == 0, head.stderr[-2000:]
-        worker = subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", *common],
+        worker = subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", *ports(), *common],
                                 capture_output=True, text=True, env=env, timeout=180)
         assert worker.returncode == 0, worker.stderr[-2000:]
         client_env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # rkd-search sets it itself
@@ -75,6 +84,7 @@ def child_keys(out: Path) -> tuple[set, set, set]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(SHARED)
 def test_search_on_a_two_node_cluster_uses_both_nodes_and_logs_like_the_embedded_back_end(tmp_path, ray_cluster, digits_search):
     address, env = ray_cluster
     out = tmp_path / "out"
@@ -92,6 +102,7 @@ def test_search_on_a_two_node_cluster_uses_both_nodes_and_logs_like_the_embedded
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(RAY_CLUSTER)
 def test_an_interrupted_ray_search_resumes_its_trial_without_duplicate_runs(tmp_path, ray_cluster):
     address, env = ray_cluster
     out = tmp_path / "out"
@@ -111,7 +122,7 @@ def test_an_interrupted_ray_search_resumes_its_trial_without_duplicate_runs(tmp_
                         and client.get_metric_history(c.info.run_id, "epoch.val_acc")), None)
     assert running is not None, "no trial reported an epoch"
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=180)
+    stdout, stderr = communicate_or_dump(process, timeout=180)
     assert process.returncode == 130, stderr[-3000:]
     _, parents, _, children = mlflow_runs(out)
     assert parents[0].info.status == "KILLED"
@@ -130,6 +141,7 @@ def test_an_interrupted_ray_search_resumes_its_trial_without_duplicate_runs(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(RAY_CLUSTER)
 def test_trials_stopped_at_a_rung_keep_their_fidelity_and_stay_off_the_front(tmp_path, ray_cluster):
     import optuna
 
@@ -153,9 +165,10 @@ def test_trials_stopped_at_a_rung_keep_their_fidelity_and_stay_off_the_front(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group(RAY_CLUSTER)
 def test_a_ray_search_where_every_trial_failed_exits_1(tmp_path, ray_cluster):
     address, env = ray_cluster
     out = tmp_path / "out"
-    result = run_cli(*digits(out, 2, "--space", space_file(tmp_path, "1.0e+6"), "--backend", "ray", "--address", address,
-                             budget="20MFLOPs"), cwd=tmp_path, timeout=900, env={**env, "RKD_CACHE_DIR": env_for(tmp_path)["RKD_CACHE_DIR"]})
+    result = run_cli(*digits(out, 2, "--space", space_file(tmp_path, "1.0e+6"), "--backend", "ray", "--address", address),
+                     cwd=tmp_path, timeout=900, env={**env, "RKD_CACHE_DIR": env_for(tmp_path)["RKD_CACHE_DIR"]})
     check_every_trial_failed(result, out)

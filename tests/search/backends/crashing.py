@@ -9,9 +9,15 @@ import os
 from rkd_search.search.objective import train_student
 
 
+ABORTED = "first-trial-aborted"
+"""The file, in the working folder, that says the first trial was aborted."""
+
+
 def abort_the_first_trial(config, data, targets, report=None, device=None, resume=None, until=None):
-    """``os.abort()`` (SIGABRT, as "double free or corruption" ends) for the enqueued WRN-28, else train."""
-    if config.student.family == "wrn" and config.student.depth == 28:
+    """``os.abort()`` (SIGABRT, as "double free or corruption" ends) for the search's first trial
+    (its first enqueued student), else train."""
+    if not os.path.exists(ABORTED):
+        open(ABORTED, "x").close()
         os.abort()
     return train_student(config, data, targets, report, device, resume=resume, until=until)
 
