@@ -286,6 +286,8 @@ def worker_main(connection: Connection, parent: int | None) -> None:
             return
         try:
             _run_job(job, train, data, targets, device, send)
+        except (BrokenPipeError, ConnectionResetError):  # the driver is gone (killed): nobody to tell
+            return
         except Exception as error:
             connection.send(("failed", job.number, (f"{type(error).__name__}: {error}", traceback.format_exc())))
 
