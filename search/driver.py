@@ -39,7 +39,7 @@ from .recorder import FrontSettings, Recorder
 from .records import TrialRecord, TrialState
 from .report import Progress, front_table, noise_note
 from .setup import SearchOptions, SearchSetup, check_flags, default_threads, validate
-from .study import OutputLock, open_study
+from .study import OutputLock, open_study, startup_trials
 from .tracking import Tracker, schema, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class SearchRun:
     parent_id: str
     recorder: Recorder
     teacher_test_acc: float
+    startup: int | None = None
+    """Trials TPE or GP sample at random before modelling the results (None: another sampler)."""
 
 
 def load_backend(name: str):
@@ -171,7 +173,8 @@ def start(setup: SearchSetup, progress: Progress) -> SearchRun:
     teacher_test_acc = float((targets.test_logits(setup.data).cpu().argmax(1) == setup.data.test_labels.cpu()).float().mean())
     teacher_run_id = _teacher_run(setup, tracker, teacher, teacher_test_acc, progress)
     enqueued = setup.space.enqueued_params(setup.context) if o.enqueue else []
-    study = open_study(setup.output, DIRECTIONS, o.sampler, o.seed, o.trials, len(enqueued), o.jobs)
+    study = open_study(setup.output, DIRECTIONS, o.sampler, o.seed, o.expected_trials(), len(enqueued), o.jobs)
+    startup = startup_trials(o.expected_trials(), len(enqueued)) if o.sampler in ("tpe", "gp") else None
     if names.STUDY_SETTINGS not in study.user_attrs:
         # the hand-designed students first, the settings (which mark the study as set up) last: a
         # process killed in between enqueues them again on the rerun, where skip_if_exists keeps one each
@@ -185,14 +188,16 @@ def start(setup: SearchSetup, progress: Progress) -> SearchRun:
                                      schema.parent_files(setup.space.text, params, setup.output), resume_id=resume_id)
     if resume_id != parent_id:
         study.set_user_attr(names.STUDY_PARENT_RUN, parent_id)
-    tracker.set_tags(parent_id, {names.TRIALS_TARGET: o.trials})
+    tracker.set_tags(parent_id, {names.TRIALS_TARGET: o.trials,
+                                 **({names.SAMPLER_STARTUP: startup} if startup is not None else {})})
     front = FrontSettings(setup.output, o.budget.macs, f"{o.dataset}, budget {o.budget}", schema.majority_share(setup.data),
                           len(setup.data.val_labels))
     recorder = Recorder(tracker, parent_id, progress, front, schema.student_card(setup.data, o.dataset))
     recorder.reload()
     recorder.student_epochs = sum(r.epochs for r in recorder.records)
     _mark_stale_runs(tracker, recorder)
-    return SearchRun(setup, device, tracker, teacher, targets, teacher_run_id, study, parent_id, recorder, teacher_test_acc)
+    return SearchRun(setup, device, tracker, teacher, targets, teacher_run_id, study, parent_id, recorder, teacher_test_acc,
+                     startup)
 
 
 def _prepare_teacher(setup: SearchSetup, device: torch.device, progress: Progress) -> Teacher:
@@ -266,6 +271,18 @@ def _mark_stale_runs(tracker: Tracker, recorder: Recorder) -> None:
         record.state = TrialState.FAILED
 
 
+def sampler_note(o: SearchOptions, startup: int) -> str:
+    """When TPE or GP starts to model the results, in this search's terms."""
+    planned = o.expected_trials()
+    trials = f"{planned} trial{'s' if planned != 1 else ''}"
+    if planned < o.trials:
+        trials += f" that --max-student-epochs {o.max_student_epochs} allows"
+    if startup >= planned:
+        return (f"sampler {o.sampler}: {startup} startup trials (hand-picked or random) cover all {trials}; "
+                f"{o.sampler.upper()} models the results only in a longer search.")
+    return f"sampler {o.sampler}: the first {startup} of {trials} are hand-picked or random, then {o.sampler.upper()} models the results."
+
+
 def announce(run: SearchRun, progress: Progress) -> None:
     """Say where results go, and whether and from where this run resumes."""
     setup = run.setup
@@ -275,6 +292,8 @@ def announce(run: SearchRun, progress: Progress) -> None:
     progress.write(f"rkd-search: output {setup.output}; MLflow experiment {setup.tracking.experiment!r} at {uri} "
                    f"(browse: {ui}, then 'Model training'); front: {setup.output / 'pareto.csv'}")
     progress.write(noise_note(len(setup.data.val_labels), run.teacher_test_acc, setup.data.val_source) + ".")
+    if run.startup is not None:
+        progress.write(sampler_note(setup.options, run.startup))
     trials = run.study.get_trials(deepcopy=False)
     if any(t.state.name != "WAITING" for t in trials):
         finished = finished_trials(run.study)

@@ -96,6 +96,16 @@ class SearchOptions:
     train: str | None = None
     """``module:function`` training a trial in the workers, for tests (default ``train_student``)."""
 
+    def expected_trials(self) -> int:
+        """How many trials the search can start: ``trials``, or fewer when a compute limit
+        (``max_student_epochs``) runs out first (each trial trains ``epochs``, or at least
+        ``min_epochs`` with multi-fidelity). The sampler's startup trials scale with it: a search of
+        200 allowed trials that can afford 8 must not sample all 8 at random."""
+        if self.max_student_epochs is None:
+            return self.trials
+        per_trial = self.min_epochs if self.multi_fidelity else self.epochs
+        return max(1, min(self.trials, self.max_student_epochs // max(1, per_trial)))
+
     def resolved_output(self) -> Path:
         if self.output is not None:
             return Path(self.output).resolve()

@@ -31,9 +31,14 @@ def test_search_logs_the_promised_mlflow_structure_and_resumes(digits_search):
     lines = first.stdout.splitlines()
     assert lines[0].startswith("rkd-search: output") and lines[1].startswith("validation split: 143 images")
     assert "standard error" in lines[1] and "val_acc_se" in first.stdout
+    startup = re.fullmatch(r"sampler tpe: (\d+) startup trials \(hand-picked or random\) cover all 3 trials; TPE models the "
+                           r"results only in a longer search\.", lines[2])
+    assert startup, lines[2]
 
     assert "resuming the search in" in digits_search.second.stdout and "3 of 4 trials done" in digits_search.second.stdout
     front = check_search_store(out, 4, epochs=2)
+    _, parents, _, _ = mlflow_runs(out)
+    assert parents[0].data.tags["rkd.sampler_startup"] == startup.group(1)
     _, _, _, after = mlflow_runs(out)
     new = [c for c in after if c.info.run_id not in digits_search.first_runs]
     assert len(new) == 1 and {int(c.data.tags["rkd.trial"]) for c in new} == {3}

@@ -424,6 +424,7 @@ def test_timeout_stops_new_work_finishes_cleanly_and_a_rerun_continues(tmp_path)
     spent = run_here(*args, "--max-student-epochs", "1", cwd=tmp_path)
     assert spent.returncode == 0, spent.stderr[-2000:]
     assert "stopped after --max-student-epochs 1 (" in spent.stdout and "Rerun with a larger --max-student-epochs" in spent.stdout
+    assert "cover all 1 trial that --max-student-epochs 1 allows" in spent.stdout, "TPE's startup is scaled to the compute limit"
     _, parents, _, _ = mlflow_runs(out)
     assert parents[0].data.tags["rkd.stopped"] == "max-student-epochs"
     rerun = run_here(*args, cwd=tmp_path)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rkd_search.search import UsageError
+from rkd_search.search.budget import parse_budget
+from rkd_search.search.driver import sampler_note
+from rkd_search.search.setup import SearchOptions
 from rkd_search.search.study import OutputLock, check_journal, make_sampler, open_study, startup_trials, stored_settings
 
 
@@ -33,6 +36,24 @@ def test_an_empty_journal_holds_no_study_and_a_new_one_starts_there(tmp_path):
 @pytest.mark.parametrize("trials, enqueued, expected", [(8, 1, 3), (12, 3, 5), (200, 3, 10), (60, 0, 6), (10, 9, 11)])
 def test_startup_trials_scale_with_the_search_and_count_the_enqueued(trials, enqueued, expected):
     assert startup_trials(trials, enqueued) == expected
+
+
+@pytest.mark.parametrize("extra, expected", [({}, 200), ({"max_student_epochs": 32, "epochs": 4}, 8),
+                                             ({"max_student_epochs": 32, "epochs": 4, "multi_fidelity": True}, 32),
+                                             ({"max_student_epochs": 3, "epochs": 4}, 1), ({"max_student_epochs": 10_000}, 200)])
+def test_a_compute_limit_scales_the_startup_trials_to_the_trials_it_allows(extra, expected):
+    """The benchmark's searches allow 100,000 trials and stop at 32 student-epochs (8 trials of 4):
+    scaled to --trials, TPE's 10 startup trials made all 8 random; scaled to the 8, 5 of them are
+    (3 hand-picked, 2 random) and TPE samples the other 3."""
+    options = SearchOptions(budget=parse_budget("20MFLOPs"), trials=200, **extra)
+    assert options.expected_trials() == expected
+    if expected == 8:
+        assert make_sampler("tpe", 0, 0, options.expected_trials(), 3)._n_startup_trials == 5
+        assert sampler_note(options, 5) == ("sampler tpe: the first 5 of 8 trials that --max-student-epochs 32 allows are "
+                                            "hand-picked or random, then TPE models the results.")
+    if expected == 1:
+        assert sampler_note(options, 3).startswith("sampler tpe: 3 startup trials (hand-picked or random) cover all 1 trial "
+                                                   "that --max-student-epochs 3 allows;")
 
 
 def test_tpe_lies_about_running_trials_only_when_trials_run_at_once():
