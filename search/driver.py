@@ -320,7 +320,7 @@ def trial_loop(run: SearchRun, progress: Progress, pool=None) -> TrialLoop:
                           latency=(lambda spec: latency(spec, setup.data.resolution)) if latency else None,
                           scorer=lambda plan: scorer(plan.config))
     lifecycle = Lifecycle(run.study, objective, run.recorder, o.rungs,
-                          prescreen=Prescreen(o.prescreen, run.recorder) if o.prescreen > 1 else None)
+                          prescreen=Prescreen(o.prescreen) if o.prescreen > 1 else None)
     deadline = time.monotonic() + o.timeout if o.timeout else None
     options = LoopOptions(trials=o.trials, epochs=o.epochs, rungs=o.rungs, eta=o.eta, device=run.device, jobs=o.jobs,
                           checkpoints=setup.output / "checkpoints", deadline=deadline, max_student_epochs=o.max_student_epochs,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import optuna
+import pytest
 from optuna.trial import TrialState as OptunaState
 
 from rkd_search.search.backends.embedded import run_trials
@@ -10,6 +12,7 @@ from rkd_search.search.prescreen import Prescreen
 from rkd_search.spaces import TrialPlan
 
 from .backends.loops import StubTrain, children, make_loop
+from .helpers import BUDGET_FLAG, mlflow_runs, run_here
 
 
 def plan_with(scores: dict) -> TrialPlan:
@@ -60,3 +63,23 @@ def test_the_prescreen_trains_the_best_scored_feasible_candidate_and_never_one_o
     tags = {number: tracker.client.get_run(r.run_id).data.tags for number, r in records.items()}
     assert all(int(tags[chosen]["rkd.prescreen"]) == len(plans) for plans, chosen in prescreen.choices)
     assert all("score.graph" in r.metrics for r in records.values() if r.state.value == "complete")
+
+
+@pytest.mark.slow
+def test_rkd_search_with_prescreen_trains_one_of_three_scored_candidates_per_trial(tmp_path):
+    """The command end to end (the loop test above builds its prescreen itself; the command once
+    passed it the wrong argument and every --prescreen search failed at its first candidate)."""
+    out = tmp_path / "out"
+    result = run_here("--budget", BUDGET_FLAG, "--trials", "2", "--dataset", "digits", "--epochs", "1", "--teacher-epochs", "1",
+                      "--no-enqueue", "--prescreen", "3", "--output", str(out), "--tracking-uri", f"sqlite:///{out}/mlflow.db",
+                      "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = optuna.load_study(study_name="rkd-search", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
+    screened = [t for t in study.trials if t.user_attrs.get("rkd.screened_out")]
+    assert screened and all(t.state == OptunaState.FAIL for t in screened)
+    _, _, _, runs = mlflow_runs(out)
+    chosen = [run for run in runs if run.data.tags.get("rkd.prescreen") == "3"]
+    assert len([run for run in chosen if run.data.tags.get("rkd.state") == "complete"]) >= 2
+    assert len(screened) >= 2 * len(chosen), "two of every three scored candidates are screened out"
+    assert not {int(run.data.tags["rkd.trial"]) for run in runs} & {t.number for t in screened}
