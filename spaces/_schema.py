@@ -112,6 +112,19 @@ OptimSpace = _config_section("OptimSpace", TrainConfig, ("lr", "weight_decay", "
 
 class GraphSpace(_GraphValues):  # type: ignore[misc, valid-type]
     layers: list[list[int]] | list[int] = list(STAGES)
+    gaussian_weight: Param = None
+    """The graph loss's weight when the similarity is Gaussian, drawn in place of
+    ``loss.graph_weight`` (None: the same weight for both). At initialisation the Gaussian graph's
+    gradient on the last stage is about 200 times the cosine graph's (docs/benchmarks.md), so a
+    weight right for one is wrong for the other."""
+
+    @field_validator("gaussian_weight")
+    @classmethod
+    def _gaussian_weight(cls, value: Param) -> Param:
+        for candidate in candidates(value):
+            if candidate is not None and (isinstance(candidate, (bool, str)) or not candidate > 0):
+                raise ValueError(f"must be positive (the Gaussian graph's loss weight), got {candidate!r}")
+        return value
 
     @property
     def layer_choices(self) -> list[tuple[int, ...]]:
@@ -193,7 +206,7 @@ class StudentSpace(BaseModel):
         return self
 
 
-RECIPE_KEYS = {"graph.similarity", "graph.k", "graph.bandwidth", "graph.layers", "graph.power", "loss.ce_weight",
+RECIPE_KEYS = {"graph.similarity", "graph.k", "graph.bandwidth", "graph.layers", "graph.power", "graph.gaussian_weight", "loss.ce_weight",
                "loss.graph_weight", "loss.kd_weight", "loss.temperature", "loss.rkd_distance_weight", "loss.rkd_angle_weight",
                "optim.lr", "optim.weight_decay", "optim.momentum", "optim.schedule"}
 

@@ -30,7 +30,7 @@ from rkd_search.trainer import LossConfig, ModelSpec, OpsCount, TrainConfig, cou
 from rkd_search.trainer.models import FAMILIES
 from rkd_search.trainer.ops import int8_flash_bytes, int8_sram_bytes, peak_activation_bytes
 
-from ._schema import Param, Range, SpaceFile
+from ._schema import Param, Range, SpaceFile, candidates
 
 
 class SpaceError(ValueError):
@@ -254,7 +254,15 @@ class SearchSpace:
                            "student.expansion": arch.expansion, "student.kernel": arch.kernel})
 
         ce_weight = _suggest(trial, "loss.ce_weight", loss.ce_weight)
-        graph_weight = _suggest(trial, "loss.graph_weight", loss.graph_weight)
+        similarities = [graph.similarity] if isinstance(graph.similarity, str) else graph.similarity
+        similarity = None
+        if graph.gaussian_weight is not None and all(c is not None and c > 0 for c in candidates(loss.graph_weight)):
+            # the graph is always on: its similarity first, then the weight for that similarity
+            similarity = _suggest(trial, "graph.similarity", similarities)
+        if similarity == "gaussian":
+            graph_weight = _suggest(trial, "graph.gaussian_weight", graph.gaussian_weight)
+        else:
+            graph_weight = _suggest(trial, "loss.graph_weight", loss.graph_weight)
         kd_weight = _suggest(trial, "loss.kd_weight", loss.kd_weight)
         temperature = _suggest(trial, "loss.temperature", loss.temperature) if kd_weight > 0 else 4.0
         rkd_distance = _suggest(trial, "loss.rkd_distance_weight", loss.rkd_distance_weight)
@@ -265,9 +273,10 @@ class SearchSpace:
         if rkd_distance or rkd_angle:
             params.update({"loss.rkd_distance_weight": rkd_distance, "loss.rkd_angle_weight": rkd_angle})
 
-        similarity, k, bandwidth, power, layers = "cosine", None, 1.0, 1, (1, 2, 3)
+        k, bandwidth, power, layers = None, 1.0, 1, (1, 2, 3)
         if graph_weight > 0:
-            similarity = _suggest(trial, "graph.similarity", [graph.similarity] if isinstance(graph.similarity, str) else graph.similarity)
+            if similarity is None:
+                similarity = _suggest(trial, "graph.similarity", similarities)
             if graph.k is not None:
                 k = int(_suggest(trial, "graph.k", graph.k))
                 if k >= context.batch_size:
@@ -293,7 +302,7 @@ class SearchSpace:
 
         loss_config = LossConfig(
             ce_weight=ce_weight, kd_weight=kd_weight, temperature=temperature, graph_weight=graph_weight,
-            similarity=similarity, k=k, bandwidth=bandwidth, power=power, layers=layers,
+            similarity=similarity or "cosine", k=k, bandwidth=bandwidth, power=power, layers=layers,
             reduction=graph.reduction, rkd_distance_weight=rkd_distance, rkd_angle_weight=rkd_angle,
         )
         config = TrainConfig(

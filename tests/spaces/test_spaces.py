@@ -42,6 +42,7 @@ def test_builtin_spaces_load_by_name():
         (MINIMAL.replace("name: tiny\n", ""), "name: required key missing"),
         (MINIMAL + "optim: [1, 2\n", "not valid YAML"),
         (MINIMAL + "enqueue:\n  - {family: wrn, depth: 28, width: 0.5}\n", r"enqueue\[0\]: wrn28 is outside"),
+        (MINIMAL + "graph:\n  gaussian_weight: {low: 0, high: 4}\n", "graph.gaussian_weight: must be positive"),
     ],
 )
 def test_invalid_spaces_name_the_bad_key(tmp_path, edit, message):
@@ -87,6 +88,40 @@ def test_without_budget_awareness_many_candidates_are_over_budget(tmp_path):
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
     over = sum(not space.suggest(study.ask(), CONTEXT).feasible for _ in range(40))
     assert over >= 8
+
+
+GAUSSIAN_SPACE = MINIMAL + """graph:
+  similarity: [cosine, gaussian]
+  gaussian_weight: {low: 0.25, high: 4.0, log: true}
+loss:
+  graph_weight: {low: 5.0, high: 250.0, log: true}
+"""
+
+
+def test_a_gaussian_graph_draws_its_own_weight_and_a_cosine_graph_the_loss_weight(tmp_path):
+    """The Gaussian graph is far steeper at initialisation, so the space can give it its own weight
+    range: every Gaussian trial's weight comes from it, every cosine trial's from loss.graph_weight,
+    and the trial's Optuna parameters hold only the weight that was used."""
+    space = load_space(write(tmp_path, GAUSSIAN_SPACE))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        plan = space.suggest(trial, CONTEXT)
+        loss = plan.config.loss
+        seen.add(loss.similarity)
+        assert plan.params["loss.graph_weight"] == loss.graph_weight
+        if loss.similarity == "gaussian":
+            assert 0.25 <= loss.graph_weight <= 4.0 and trial.params["graph.gaussian_weight"] == loss.graph_weight
+            assert "loss.graph_weight" not in trial.params
+        else:
+            assert 5.0 <= loss.graph_weight <= 250.0 and "graph.gaussian_weight" not in trial.params
+        study.tell(trial, [0.5, plan.ops.macs])
+    assert seen == {"cosine", "gaussian"}
+    # without gaussian_weight both similarities share loss.graph_weight, as before
+    shared = load_space(write(tmp_path, GAUSSIAN_SPACE.replace("  gaussian_weight: {low: 0.25, high: 4.0, log: true}\n", ""), "shared.yaml"))
+    gaussian = [loss for loss in (shared.suggest(study.ask(), CONTEXT).config.loss for _ in range(20)) if loss.similarity == "gaussian"]
+    assert gaussian and all(loss.graph_weight >= 5.0 for loss in gaussian)
 
 
 def test_enqueued_students_are_built_first():
