@@ -10,6 +10,9 @@ the default space at the 20 M budget). Reported:
 - Kendall's tau between each score (``graph``: the teacher-student relation similarity at
   initialisation; ``synflow``; ``params``, the baseline) or a combination (mean rank) and the
   trained validation accuracy, with its p-value; the goal is tau >= 0.5 and above parameters alone;
+  again over the students that learned (validation accuracy more than three standard errors above
+  chance): a student left at chance failed in training (its loss settings), which no score of the
+  untrained network can see, and such ties weigh on every tau;
 - Kendall's tau between the validation accuracy after each earlier epoch and the final one: how
   early a multi-fidelity rung can rank students (``--min-epochs``).
 """
@@ -53,6 +56,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("bench/results/search_efficiency.json"))
     parser.add_argument("--methods", nargs="+", default=["random"])
     parser.add_argument("--doc", default="docs/benchmarks.md")
+    parser.add_argument("--classes", type=int, default=10, help="classes of the searches' data (chance is 1/classes)")
+    parser.add_argument("--val-size", type=int, default=5000, help="validation images of the searches' data")
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
     found = students(results, args.methods)
@@ -60,14 +65,17 @@ def main() -> None:
         sys.exit(f"only {len(found)} fully trained students with scores in {args.results}: run bench/search_efficiency.py first")
     accuracy = np.array([s["metrics"]["val_acc"] for s in found])
     values = {name: np.array([s["metrics"][f"score.{name}"] for s in found]) for name in SCORES}
+    chance = 1 / args.classes
+    learned = accuracy > chance + 3 * np.sqrt(chance * (1 - chance) / args.val_size)
     rows, taus = [], {}
     candidates = [(name,) for name in SCORES] + list(itertools.combinations(SCORES, 2)) + [SCORES]
     for names in candidates:
         score = values[names[0]] if len(names) == 1 else combined(values, names)
         tau, p = kendalltau(score, accuracy)
+        tau_learned, p_learned = kendalltau(score[learned], accuracy[learned])
         taus[names] = tau
-        rows.append(f"| {' + '.join(names)} | {tau:.3f} | {p:.2g} |")
-        print(f"{' + '.join(names):28s} tau {tau:.3f} (p {p:.2g})")
+        rows.append(f"| {' + '.join(names)} | {tau:.3f} | {p:.2g} | {tau_learned:.3f} | {p_learned:.2g} |")
+        print(f"{' + '.join(names):28s} tau {tau:.3f} (p {p:.2g}); students that learned: {tau_learned:.3f} (p {p_learned:.2g})")
     epochs = max(len(s["history"]) for s in found)
     rung_rows = []
     for epoch in range(1, epochs):
@@ -87,10 +95,12 @@ def main() -> None:
         f"`bench/search_efficiency.py` (default space, budget {settings['budget']}, {settings['epochs']} epochs each, CIFAR-10 "
         "subset, accuracy on its 5,000-image val/ split); each score was computed on the untrained student by the search "
         "(`trainer/proxies.py`). Kendall's tau against the trained validation accuracy (a combination: the mean of the "
-        "scores' ranks):",
+        f"scores' ranks). {int((~learned).sum())} of the {len(found)} students ended at chance (validation accuracy within "
+        "three standard errors of it): training failures that no score of the untrained student can see; the last columns "
+        "leave them out:",
         "",
-        "| score | Kendall tau | p-value |",
-        "|---|---|---|",
+        f"| score | Kendall tau, all {len(found)} | p-value | tau, the {int(learned.sum())} that learned | p-value |",
+        "|---|---|---|---|---|",
         *rows,
         "",
         f"Result: {verdict}.",

@@ -21,9 +21,9 @@ from typing import Sequence
 from rkd_search.spaces import TrialPlan
 
 PROXIES = ("graph", "params")
-"""The scores the prescreen ranks by (mean rank). ``bench/proxy_rank.py`` over 16 students (docs/benchmarks.md):
-graph + params tau 0.47, params alone 0.50, graph alone 0.25: no proxy beat parameters yet, and the prescreen is off
-by default (``--prescreen 1``)."""
+"""The scores the prescreen ranks by (mean rank). ``bench/proxy_rank.py`` over 40 random-search students
+(docs/benchmarks.md, 2026-11-30): graph + params tau 0.15, params alone 0.29, graph alone -0.01: no proxy beats
+parameters, and the prescreen is off by default (``--prescreen 1``)."""
 
 
 @dataclass
