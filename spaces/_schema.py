@@ -267,4 +267,8 @@ class SpaceFile(BaseModel):
                     raise ValueError(f"enqueue[{index}]: {name} is outside the student space")
             elif seed.depth not in student.depths(seed.family):
                 raise ValueError(f"enqueue[{index}]: {name} is outside the student space")
+        if self.graph.gaussian_weight is not None and not all(
+                isinstance(c, (int, float)) and c > 0 for c in candidates(self.loss.graph_weight)):
+            raise ValueError("graph.gaussian_weight needs a loss.graph_weight above 0 (a weight of 0 turns the graph off, "
+                             "and then no similarity is drawn)")
         return self

@@ -30,7 +30,7 @@ from rkd_search.trainer import LossConfig, ModelSpec, OpsCount, TrainConfig, cou
 from rkd_search.trainer.models import FAMILIES
 from rkd_search.trainer.ops import int8_flash_bytes, int8_sram_bytes, peak_activation_bytes
 
-from ._schema import Param, Range, SpaceFile, candidates
+from ._schema import Param, Range, SpaceFile
 
 
 class SpaceError(ValueError):
@@ -256,8 +256,8 @@ class SearchSpace:
         ce_weight = _suggest(trial, "loss.ce_weight", loss.ce_weight)
         similarities = [graph.similarity] if isinstance(graph.similarity, str) else graph.similarity
         similarity = None
-        if graph.gaussian_weight is not None and all(c is not None and c > 0 for c in candidates(loss.graph_weight)):
-            # the graph is always on: its similarity first, then the weight for that similarity
+        if graph.gaussian_weight is not None:
+            # the graph is always on (the schema checks loss.graph_weight > 0): its similarity first, then its weight
             similarity = _suggest(trial, "graph.similarity", similarities)
         if similarity == "gaussian":
             graph_weight = _suggest(trial, "graph.gaussian_weight", graph.gaussian_weight)

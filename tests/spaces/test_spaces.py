@@ -43,6 +43,7 @@ def test_builtin_spaces_load_by_name():
         (MINIMAL + "optim: [1, 2\n", "not valid YAML"),
         (MINIMAL + "enqueue:\n  - {family: wrn, depth: 28, width: 0.5}\n", r"enqueue\[0\]: wrn28 is outside"),
         (MINIMAL + "graph:\n  gaussian_weight: {low: 0, high: 4}\n", "graph.gaussian_weight: must be positive"),
+        (MINIMAL + "graph:\n  gaussian_weight: 1.0\nloss:\n  graph_weight: [0.0, 25.0]\n", "gaussian_weight needs a loss.graph_weight above 0"),
     ],
 )
 def test_invalid_spaces_name_the_bad_key(tmp_path, edit, message):
