@@ -39,7 +39,7 @@ from .recorder import FrontSettings, Recorder
 from .records import TrialRecord, TrialState
 from .report import Progress, front_table, noise_note
 from .setup import SearchOptions, SearchSetup, check_flags, default_threads, validate
-from .study import OutputLock, open_study, startup_trials
+from .study import OutputLock, open_study, sampler_startup
 from .tracking import Tracker, schema, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,9 @@ def start(setup: SearchSetup, progress: Progress) -> SearchRun:
     teacher_test_acc = float((targets.test_logits(setup.data).cpu().argmax(1) == setup.data.test_labels.cpu()).float().mean())
     teacher_run_id = _teacher_run(setup, tracker, teacher, teacher_test_acc, progress)
     enqueued = setup.space.enqueued_params(setup.context) if o.enqueue else []
-    study = open_study(setup.output, DIRECTIONS, o.sampler, o.seed, o.expected_trials(), len(enqueued), o.jobs)
-    startup = startup_trials(o.expected_trials(), len(enqueued)) if o.sampler in ("tpe", "gp") else None
+    planned = o.expected_trials()
+    study = open_study(setup.output, DIRECTIONS, o.sampler, o.seed, planned, len(enqueued), o.jobs)
+    startup = sampler_startup(o.sampler, planned, len(enqueued))
     if names.STUDY_SETTINGS not in study.user_attrs:
         # the hand-designed students first, the settings (which mark the study as set up) last: a
         # process killed in between enqueues them again on the rerun, where skip_if_exists keeps one each

@@ -99,6 +99,11 @@ def startup_trials(trials: int, enqueued: int) -> int:
     return max(enqueued + 2, min(10, trials // 10))
 
 
+def sampler_startup(name: str, trials: int, enqueued: int) -> int | None:
+    """The startup trials of the samplers that have them (TPE, GP); None for the others."""
+    return startup_trials(trials, enqueued) if name in ("tpe", "gp") else None
+
+
 def make_sampler(name: str, seed: int, existing_trials: int, trials: int, enqueued: int = 0, jobs: int = 1):
     """The study's sampler. TPE's constant liar (RUNNING trials counted as bad, so parallel workers
     do not all ask for one point) is on only when trials run at once: a single worker's RUNNING
@@ -107,7 +112,7 @@ def make_sampler(name: str, seed: int, existing_trials: int, trials: int, enqueu
 
     # a resumed search must not replay the random draws of its first session
     seed = seed + 7919 * existing_trials
-    startup = startup_trials(trials, enqueued)
+    startup = sampler_startup(name, trials, enqueued)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=jobs > 1,
                                           n_startup_trials=startup)
