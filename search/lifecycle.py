@@ -131,8 +131,10 @@ class Lifecycle:
         """A new trial from the sampler (or the next enqueued one), defined, and scored when feasible.
 
         With a prescreen, up to N feasible candidates are asked and scored, the best-scored one is
-        returned and the others are told FAIL, marked screened out (see ``prescreen``). Enqueued
-        (hand-picked) trials are never screened."""
+        returned and the others are told FAIL, marked screened out (see ``prescreen``); candidates
+        over a limit met on the way are told infeasible, with their run, as without the prescreen
+        (like screened-out ones, they do not count towards ``--trials``). Enqueued (hand-picked)
+        trials are never screened."""
         enqueued = bool(self.study.get_trials(deepcopy=False, states=(OptunaState.WAITING,)))
         trial = self.study.ask()
         number, plan = trial.number, self.define(trial)
@@ -147,8 +149,8 @@ class Lifecycle:
             other = self.define(trial)
             if other.feasible:
                 candidates.append((trial.number, other))
-            else:
-                self.screen_out(trial.number)
+            else:  # told as any over-limit trial is: the sampler learns the limits from it
+                self.infeasible(trial.number, other)
         for _, candidate in candidates:
             self.objective.score(candidate)
         chosen = self.prescreen.choose(candidates)

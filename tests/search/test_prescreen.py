@@ -58,7 +58,15 @@ def test_the_prescreen_trains_the_best_scored_feasible_candidate_and_never_one_o
     assert screened and all(t.state == OptunaState.FAIL for t in screened)
     records = {r.number: r for r in children(tracker, loop)}
     assert not set(records) & {t.number for t in screened}, "a screened-out candidate got a run"
-    assert sum(r.state.finished for r in records.values()) == 5
+    plans = loop.lifecycle.plans
+    assert all(plans[t.number].feasible for t in screened), "a candidate over a limit was screened out, not told infeasible"
+    over = [number for number, plan in plans.items() if not plan.feasible]
+    assert over, "no candidate was over the parameter limit: the limit tests nothing"
+    assert all(records[n].state.value == "infeasible" and trials[n].state == OptunaState.COMPLETE for n in over), \
+        "a candidate over a limit is told infeasible, with its run, as without the prescreen"
+    # the 5 asked trials finished; over-limit candidates the prescreen skipped come on top
+    assert sum(r.state.finished for r in records.values()) >= 5
+    assert sum(r.state.finished and r.state.value != "infeasible" for r in records.values()) >= len(prescreen.choices)
     assert {chosen for _, chosen in prescreen.choices} <= set(records)
     tags = {number: tracker.client.get_run(r.run_id).data.tags for number, r in records.items()}
     assert all(int(tags[chosen]["rkd.prescreen"]) == len(plans) for plans, chosen in prescreen.choices)
