@@ -169,8 +169,8 @@ def report(args, runs: list[dict], command: str, teacher_meta: dict) -> None:
             own = compute_to_reach(base["traces"]["hypervolume"], target)
             step = compute_to_reach(r["traces"]["hypervolume"], target)
             share.append(step / own if step is not None and own and step <= compute else None)
-        shares[method] = share
         median = statistics.median([s if s is not None else float("inf") for s in share]) if share else None
+        shares[method] = (share, median)
         best = {f: [at(r["traces"]["best_val_acc"], f * compute) for r in rs] for f in (1 / 3, 2 / 3, 1)}
         spread = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
         trials = statistics.mean(len(r["trials"]) for r in rs)
@@ -186,10 +186,9 @@ def report(args, runs: list[dict], command: str, teacher_meta: dict) -> None:
     chance_rows = at_chance(by_method)
     seeds = sorted({r["seed"] for r in runs})
     verdicts = []
-    for method, share in shares.items():
+    for method, (share, median) in shares.items():
         if method == "random" or not share:
             continue
-        median = statistics.median([s if s is not None else float("inf") for s in share])
         verdicts.append(f"{method} reached random's final hypervolume in {sum(s is not None for s in share)} of {len(share)} "
                         f"paired seeds" + (f" (median {median:.2f} of random's compute)" if median != float("inf") else "")
                         + f": {'met' if median <= 1 / 3 else 'not met'}")
