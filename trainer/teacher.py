@@ -138,8 +138,11 @@ def train_teacher(
     device: str | torch.device | None = None,
     report: Callable[[EpochReport], bool | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    compile: str = "auto",
 ) -> tuple[nn.Module, ModelSpec, dict[str, Any], Path]:
-    """Train a teacher with cross-entropy, or load it if this (dataset, architecture, epochs, seed) was trained before."""
+    """Train a teacher with cross-entropy, or load it if this (dataset, architecture, epochs, seed) was trained before.
+
+    ``compile`` is ``TrainConfig.compile`` (the training step through torch.compile; ``auto``: on CUDA)."""
     if isinstance(spec, str):
         spec = ModelSpec.parse(spec)
     spec = spec.with_data(data.input_shape[0], data.num_classes)
@@ -151,7 +154,7 @@ def train_teacher(
             return model, spec, meta, path
         except TeacherError:
             log.warning("cached teacher %s is unreadable; training it again", path)
-    config = TrainConfig(student=spec, loss=LossConfig(), epochs=epochs, seed=seed, batch_size=data.default_batch_size)
+    config = TrainConfig(student=spec, loss=LossConfig(), epochs=epochs, seed=seed, batch_size=data.default_batch_size, compile=compile)
     result = fit(config, data, report=report, device=device, batch_progress=progress)
     model = build_model(spec)
     model.load_state_dict(result.state_dict)
