@@ -365,7 +365,8 @@ def finish(run: SearchRun, progress: Progress, completed: bool = True) -> list[T
         last = failed[-1]
         raise SearchError(f"every trial failed ({len(failed)}), none finished: see the {names.ERROR} tag of run "
                           f"{last.run_id} ({last.name}) in MLflow; nothing to put on a front")
-    compute_spent = o.max_student_epochs is not None and recorder.student_epochs >= o.max_student_epochs
+    # spent: what is left could not train one more student fully (the loop starts none then)
+    compute_spent = o.max_student_epochs is not None and o.max_student_epochs - recorder.student_epochs < o.epochs
     if not completed:
         tracker.set_tags(run.parent_id, {names.STOPPED: "max-student-epochs" if compute_spent else "timeout"})
     tracker.end_search(run.parent_id, "FINISHED")

@@ -20,7 +20,7 @@ them with the same parameters, from their last checkpoint when they have one.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import names
@@ -65,6 +65,8 @@ class EmbeddedLoop:
     pool: Executor
     failures: int = 0
     last_error: str = ""
+    trained: dict[int, int] = field(default_factory=dict)
+    """Running trial -> the epochs it has trained (its last report, or where it resumed from)."""
 
     @property
     def lifecycle(self):
@@ -105,14 +107,22 @@ class EmbeddedLoop:
         return None
 
     @property
+    def committed_epochs(self) -> int:
+        """Student-epochs trained, plus those the running trials will still train before they report:
+        with several jobs, a budget counted on trained epochs alone started trials for compute
+        already promised (``--jobs 8``, ``--max-student-epochs 96``: 120 trained)."""
+        running = sum(max(0, self.table.targets.get(n, 0) - self.trained.get(n, 0)) for n in self.pool.running)
+        return self.loop.recorder.student_epochs + running
+
+    @property
     def out_of_time(self) -> bool:
-        """The deadline passed or the compute budget is spent: start nothing more."""
-        return self.loop.options.out_of_time(self.loop.recorder.student_epochs)
+        """The deadline passed or the compute budget is spent or promised: start nothing more."""
+        return self.loop.options.out_of_time(self.committed_epochs)
 
     @property
     def compute_short(self) -> bool:
         """The compute budget left could not train one more student fully: start no new trial."""
-        left = self.loop.options.compute_left(self.loop.recorder.student_epochs)
+        left = self.loop.options.compute_left(self.committed_epochs)
         return left is not None and left < self.loop.options.epochs
 
     @property
@@ -127,7 +137,7 @@ class EmbeddedLoop:
             return
         for number in self.table.hopeless(options.eta):
             self.prune(number, "dominated at its rung")
-        left = options.compute_left(self.loop.recorder.student_epochs)
+        left = options.compute_left(self.committed_epochs)
         if left is not None:  # a compute budget: a paused trial that cannot finish within it stops now
             for number in self.table.paused(self.pool.running):
                 if self.table.epochs_to_finish(number) > left:
@@ -142,11 +152,13 @@ class EmbeddedLoop:
     def start(self, job: Job) -> None:
         plan = self.lifecycle.plan_of(job.number)
         self.lifecycle.start(job.number, plan, job.until)
+        self.trained[job.number] = self.table.reached.get(job.number, 0)
         self.table.train_to(job.number, job.until)
         self.pool.submit(job)
 
     def handle(self, event: Event) -> None:
         if isinstance(event, Epoch):
+            self.trained[event.number] = event.report.epoch
             self.lifecycle.epoch(event.number, event.report)
         elif isinstance(event, Done):
             self.done(event)
@@ -192,8 +204,8 @@ class EmbeddedLoop:
             if not self.pool.running:
                 break
             self.pool.wait(self.handle)
-        if self.out_of_time:
-            return False
+        if self.out_of_time or (self.compute_short and self.table.started < self.loop.options.trials):
+            return False  # stopped by the deadline or the compute budget: paused trials stay for a rerun
         for number in sorted(self.table.paused()):  # nothing can be promoted any more
             self.prune(number, "not promoted")
         return True

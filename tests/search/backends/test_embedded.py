@@ -144,3 +144,23 @@ def test_tpe_learns_from_paused_and_pruned_trials(tracker, tmp_path, synthetic):
     records = children(tracker, loop)
     assert sum(r.state.finished for r in records) == 12
     check_front_tags(tracker, loop)
+
+
+def test_a_compute_budget_counts_the_epochs_running_trials_will_train(tracker, tmp_path, synthetic):
+    """--max-student-epochs with several jobs: a trial starts only if the epochs already trained,
+    plus those the running trials will still train, leave room for it. Three slots and a budget of
+    two trials' epochs train two trials (counting trained epochs alone started all three slots at
+    once, then more as each finished: --jobs 8 trained 120 student-epochs of a budget of 96)."""
+    from dataclasses import replace
+
+    from rkd_search.search.backends.embedded import EmbeddedLoop
+    from rkd_search.search.backends.workers import InProcess
+
+    train = StubTrain()
+    loop = make_loop(tracker, tmp_path, train, trials=10, synthetic=synthetic)
+    loop.options = replace(loop.options, max_student_epochs=20)  # two trials of 9 epochs fit, a third does not
+    three_slots = InProcess(loop.train, loop.data, loop.targets, capacity=3)  # submitted jobs wait their turn: in flight
+    assert EmbeddedLoop(loop, loop.lifecycle.rung_table(10), three_slots).run() is False  # stopped by the budget
+    assert len(train.calls) == 2 and loop.recorder.student_epochs == 18
+    started = [t.state for t in loop.study.trials if t.state is not OptunaState.WAITING]  # a third hand-picked one waits
+    assert started == [OptunaState.COMPLETE] * 2
