@@ -198,6 +198,16 @@ def options_enqueued(tracker: Tracker, parent: str) -> list:
     return load_space(params["space"]).enqueued_params(context)
 
 
+def _shown(command: str) -> str:
+    """The command without the options that only say where files go (results, docs, work folder)."""
+    words, kept = command.split(), []
+    for i, word in enumerate(words):
+        if word in ("--results", "--doc", "--work", "--section") or (i and words[i - 1] in ("--results", "--doc", "--work", "--section")):
+            continue
+        kept.append(word)
+    return " ".join(kept)
+
+
 def _parallel(results: dict) -> str:
     run = results.get("parallel", {})
     parts = [f"{run['jobs']} trials at once"] if run.get("jobs", 1) > 1 else []
@@ -240,7 +250,7 @@ def report(args, results: dict, command: str) -> None:
     sizes, settings = results["data_sizes"], results["settings"]
     val_source = "its own val/ folder" if sizes["val_source"].startswith("val") else sizes["val_source"]
     write_section(Path(args.doc), args.section, "The proof: the searched student against the hand-picked ones", [
-        f"Command: `{command.strip()}`  ",
+        f"Command: `{_shown(command)}`  ",
         f"Run {results.get('date', date.today())} on {results['machine']}: {Path(settings['data']).name} ({sizes['train']:,} training "
         f"images; selection on {sizes['val']:,} validation images from {val_source}; test on {sizes['test']:,} test images), budget "
         f"{settings['budget']}, teacher WRN-28-1 ({settings['teacher_epochs']} epochs, test acc {results['teacher']['test_acc']:.4f}). "
