@@ -134,7 +134,26 @@ def test_fit_reports_batch_progress(synthetic):
     assert seen == [(i, steps) for i in range(1, steps + 1)] * 2
 
 
-def test_a_compiled_step_gives_the_eager_loss_and_gradients(synthetic, monkeypatch):
+def test_a_compiled_step_gives_the_eager_loss_and_gradients():
+    """``compile="on"`` on the CPU (``compiled_step_check``), in a child process: torch 2.14.1's
+    Inductor CPU kernels for this step corrupted the heap in about one fresh compile of three on an
+    AMD EPYC without AVX-512 (glibc: "free(): invalid next size", exit 134), which killed the pytest
+    worker and left xdist waiting. A crash there is that torch bug and xfails, saying so (the CPU
+    keeps ``--compile auto`` eager); any other failure fails."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", "from tests.trainer.test_loop import compiled_step_check; compiled_step_check()"],
+                          cwd=root, capture_output=True, text=True, timeout=900)
+    crashed = done.returncode < 0 or done.returncode == 134 or "free(): " in done.stderr or "corrupted" in done.stderr
+    if crashed:
+        pytest.xfail(f"torch Inductor's CPU kernels crashed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1][:200]}")
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def compiled_step_check() -> None:
     """``compile="on"`` runs the step's forward and loss mix through torch.compile (Inductor, here on
     the CPU): the same loss parts and gradients as eager, the graph loss's Gram matrices and k-NN
     masks included; and ``fit`` trains with it, reporting the compile time. A process that trains
@@ -142,9 +161,12 @@ def test_a_compiled_step_gives_the_eager_loss_and_gradients(synthetic, monkeypat
     here) would otherwise run every later architecture eagerly."""
     import copy
 
+    from tests.conftest import make_synthetic
     from rkd_search.trainer.losses import gram_matrix
     from rkd_search.trainer.loop import _step_loss
 
+    synthetic = make_synthetic(seed=0)
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     teacher = build_model(ModelSpec("wrn", 10, 1, num_classes=4)).eval()
     loss = LossConfig(kd_weight=0.5, graph_weight=25.0, k=8)
@@ -170,7 +192,7 @@ def test_a_compiled_step_gives_the_eager_loss_and_gradients(synthetic, monkeypat
     assert straight.compile_seconds == 0 and through.compile_seconds > 0 and "compile_seconds" in through.metrics()
     assert through.history[0].train_loss == pytest.approx(straight.history[0].train_loss, rel=0.02)
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    torch._dynamo.config.recompile_limit = 1
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     wider = fit(dataclasses.replace(config, student=ModelSpec("wrn", 10, 0.5), compile="on"), synthetic, teacher=teacher)
     # compiled, not run eagerly past the limit: Dynamo made new graphs for it (a time threshold would
