@@ -215,7 +215,9 @@ class Seed(BaseModel):
     """A hand-designed student trained first, with its own recipe (e.g. the paper's WRN-28-0.5 with
     the authors' settings): the baselines a search must beat, inside the search.
 
-    ``width: max`` takes the widest width on the space's grid that fits the budget and limits.
+    ``width: max`` takes the widest width on the space's grid that fits the budget and limits;
+    with ``budget_share: 0.25`` the widest whose MACs are within a quarter of the budget (starting
+    points across the MAC axis, not only at the budget, for the front).
     ``recipe`` fixes searched values by their parameter names (``loss.graph_weight``, ``optim.lr``,
     ``graph.k: dense``, ``graph.layers: [1, 2, 3]``, ...); what it leaves out is sampled.
     """
@@ -226,11 +228,19 @@ class Seed(BaseModel):
     family: str
     depth: int | None = None
     width: float | Literal["max"]
+    budget_share: float = Field(1.0, gt=0.0, le=1.0)
     stage_widths: list[float] | None = None
     stage_depths: list[int] | None = None  # mobile families
     expansion: float | None = None
     kernel: int | None = None
     recipe: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _share_needs_max(self) -> "Seed":
+        if self.budget_share < 1.0 and self.width != "max":
+            raise ValueError(f"budget_share {self.budget_share} needs width: max (it picks the widest width within that share "
+                             "of the budget)")
+        return self
 
     @field_validator("recipe")
     @classmethod

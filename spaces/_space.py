@@ -343,14 +343,16 @@ class SearchSpace:
             if student.budget_aware:
                 feasible = self.feasible_widths(arch, context)
                 if seed.width == "max":
-                    matches = [len(feasible) - 1] if feasible else []
+                    within = [i for i, w in enumerate(feasible) if _within_share(arch.spec(w, context), seed.budget_share, context)]
+                    matches = within[-1:]
                 else:
                     matches = [i for i, w in enumerate(feasible) if abs(w - seed.width) < 1e-6]
                 if not matches:
                     continue  # over budget or off the grid: nothing to seed
                 point["student.width_fill"] = (matches[0] + 0.5) / len(feasible)
             elif seed.width == "max":
-                fitting = [w for w in self.width_grid() if context.fits(arch.spec(w, context))]
+                fitting = [w for w in self.width_grid() if context.fits(arch.spec(w, context))
+                           and _within_share(arch.spec(w, context), seed.budget_share, context)]
                 if not fitting:
                     continue
                 point["student.width"] = fitting[-1]
@@ -359,6 +361,10 @@ class SearchSpace:
             point.update(_recipe_params(seed.recipe, context))
             points.append(point)
         return points
+
+
+def _within_share(spec: ModelSpec, share: float, context: TrialContext) -> bool:
+    return share >= 1.0 or count_spec_ops(spec, context.resolution).macs <= share * context.budget_macs
 
 
 def _recipe_params(recipe: dict[str, Any], context: TrialContext) -> dict[str, Any]:

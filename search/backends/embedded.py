@@ -168,6 +168,7 @@ class EmbeddedLoop:
     def done(self, event: Done) -> None:
         number, result = event.number, event.result
         self.failures = 0
+        self.trained.pop(number, None)  # not running any more (a paused trial resumes from table.reached)
         macs = float(self.lifecycle.open[number].plan.ops.macs)
         self.table.record(number, result.epochs_done, result.val_acc, macs)
         if result.paused:
@@ -179,6 +180,7 @@ class EmbeddedLoop:
 
     def failed(self, event: Failed) -> None:
         number = event.number
+        self.trained.pop(number, None)
         name = self.lifecycle.open[number].plan.config.student.name
         epochs_done = self.table.reached.get(number, 0)
         self.lifecycle.fail(number, event.details, "crash" if event.crashed else "error", epochs_done)

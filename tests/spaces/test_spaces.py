@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 import pytest
 
@@ -43,6 +45,8 @@ def test_builtin_spaces_load_by_name():
         (MINIMAL + "optim: [1, 2\n", "not valid YAML"),
         (MINIMAL + "enqueue:\n  - {family: wrn, depth: 28, width: 0.5}\n", r"enqueue\[0\]: wrn28 is outside"),
         (MINIMAL + "graph:\n  gaussian_weight: {low: 0, high: 4}\n", "graph.gaussian_weight: must be positive"),
+        (MINIMAL + "enqueue:\n  - {family: wrn, depth: 16, width: 0.5, budget_share: 0.5}\n", "budget_share 0.5 needs width: max"),
+        (MINIMAL + "enqueue:\n  - {family: wrn, depth: 16, width: max, budget_share: 0}\n", "budget_share.*greater than 0"),
         (MINIMAL + "graph:\n  gaussian_weight: 1.0\nloss:\n  graph_weight: [0.0, 25.0]\n", "gaussian_weight needs a loss.graph_weight above 0"),
     ],
 )
@@ -126,12 +130,36 @@ def test_a_gaussian_graph_draws_its_own_weight_and_a_cosine_graph_the_loss_weigh
 
 
 def test_enqueued_students_are_built_first():
+    """The default space's hand-picked students, in order: its MobileNetV2 at the widest width within a
+    quarter and half of the budget (the next grid width is over that share), then the paper's
+    WRN-28-0.5 and the ResNet-20 and MobileNetV2 at the widest that fit."""
     space = load_space("default")
     study = optuna.create_study(directions=["maximize", "minimize"])
     for params in space.enqueued_params(CONTEXT):
         study.enqueue_trial(params)
-    plan = space.suggest(study.ask(), CONTEXT)
-    assert plan.config.student.name == "wrn28_0.5"
+    plans = [space.suggest(study.ask(), CONTEXT) for _ in range(5)]
+    assert [p.config.student.name for p in plans] == ["mbv2-2-3-3_0.3125_e6k3", "mbv2-2-3-3_0.4375_e6k3", "wrn28_0.5",
+                                                      "resnet20_0.6875", "mbv2-2-3-3_0.75_e6k3"]
+    for plan, share in zip(plans, (0.25, 0.5, 1.0, 1.0, 1.0)):
+        assert plan.ops.macs <= share * CONTEXT.budget_macs
+        if plan.config.student.family != "wrn":
+            wider = replace(plan.config.student, width=plan.config.student.width + 0.0625)
+            assert count_spec_ops(wider, 32).macs > share * CONTEXT.budget_macs
+    assert {p.config.loss.kd_weight for p in plans if p.config.student.family == "mbv2"} == {0.5}  # one recipe, shared
+
+
+def test_a_budget_share_no_width_meets_leaves_its_student_out(tmp_path):
+    seeds = ("enqueue:\n  - {family: wrn, depth: 16, width: max, budget_share: 0.01}\n"
+             "  - {family: wrn, depth: 16, width: max, budget_share: 0.5}\n")
+    for budget_aware in ("true", "false"):
+        text = MINIMAL.replace("student:\n", f"student:\n  budget_aware: {budget_aware}\n") + seeds
+        space = load_space(write(tmp_path, text))
+        points = space.enqueued_params(CONTEXT)
+        assert len(points) == 1, budget_aware  # wrn16 at width 0.25 is over 1% of 20 M MACs
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        study.enqueue_trial(points[0])
+        plan = space.suggest(study.ask(), CONTEXT)
+        assert plan.ops.macs <= 10e6 and plan.config.student.width == 0.5, budget_aware  # 0.625 is over half
 
 
 def test_smallest_student_is_the_cheapest_the_space_allows():
