@@ -14,6 +14,7 @@ and nearly every candidate fits.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -343,16 +344,16 @@ class SearchSpace:
             if student.budget_aware:
                 feasible = self.feasible_widths(arch, context)
                 if seed.width == "max":
-                    within = [i for i, w in enumerate(feasible) if _within_share(arch.spec(w, context), seed.budget_share, context)]
-                    matches = within[-1:]
+                    within = self.feasible_widths(arch, _within_share(context, seed.budget_share))  # a prefix of feasible
+                    matches = [len(within) - 1] if within else []
                 else:
                     matches = [i for i, w in enumerate(feasible) if abs(w - seed.width) < 1e-6]
                 if not matches:
                     continue  # over budget or off the grid: nothing to seed
                 point["student.width_fill"] = (matches[0] + 0.5) / len(feasible)
             elif seed.width == "max":
-                fitting = [w for w in self.width_grid() if context.fits(arch.spec(w, context))
-                           and _within_share(arch.spec(w, context), seed.budget_share, context)]
+                share = _within_share(context, seed.budget_share)
+                fitting = [w for w in self.width_grid() if share.fits(arch.spec(w, context))]
                 if not fitting:
                     continue
                 point["student.width"] = fitting[-1]
@@ -363,8 +364,9 @@ class SearchSpace:
         return points
 
 
-def _within_share(spec: ModelSpec, share: float, context: TrialContext) -> bool:
-    return share >= 1.0 or count_spec_ops(spec, context.resolution).macs <= share * context.budget_macs
+def _within_share(context: TrialContext, share: float) -> TrialContext:
+    """The context with its MAC budget cut to ``share`` of it (the other limits as they are)."""
+    return context if share >= 1.0 else dataclasses.replace(context, budget_macs=share * context.budget_macs)
 
 
 def _recipe_params(recipe: dict[str, Any], context: TrialContext) -> dict[str, Any]:
