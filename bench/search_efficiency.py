@@ -9,8 +9,8 @@ MAC budget, with the default space, each method gets the same compute, counted i
 
 - ``random``: random sampling, no hand-picked students (the baseline);
 - ``default``: the CLI's search: TPE with startup trials scaled to the search, the space's
-  hand-picked students (its MobileNetV2 at a quarter and half of the budget, then each family at
-  the budget, each with its recipe) first;
+  hand-picked students (a shallow MobileNetV2 within a fifth of the budget, the 2-3-3 one within
+  half, then each family at the budget, each with its recipe) first;
 - ``prescreen``: the default with ``--prescreen 4`` (ranked by ``search.prescreen.PROXIES``);
 - ``multi-fidelity``: the default with ``--multi-fidelity --min-epochs 2`` (rungs 2 and 4 at
   ``--epochs 4``; eta 3). The first rung is where ``bench/proxy_rank.py`` measured the ranking at an

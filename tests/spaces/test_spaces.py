@@ -130,22 +130,24 @@ def test_a_gaussian_graph_draws_its_own_weight_and_a_cosine_graph_the_loss_weigh
 
 
 def test_enqueued_students_are_built_first():
-    """The default space's hand-picked students, in order: its MobileNetV2 at the widest width within a
-    quarter and half of the budget (the next grid width is over that share), then the paper's
-    WRN-28-0.5 and the ResNet-20 and MobileNetV2 at the widest that fit."""
+    """The default space's hand-picked students, in order: a shallow MobileNetV2 at the widest width
+    within a fifth of the budget and the 2-3-3 MobileNetV2 within half of it (the next grid width is
+    over that share), then the paper's WRN-28-0.5 and the ResNet-20 and MobileNetV2 at the widest that fit."""
     space = load_space("default")
     study = optuna.create_study(directions=["maximize", "minimize"])
     for params in space.enqueued_params(CONTEXT):
         study.enqueue_trial(params)
     plans = [space.suggest(study.ask(), CONTEXT) for _ in range(5)]
-    assert [p.config.student.name for p in plans] == ["mbv2-2-3-3_0.3125_e6k3", "mbv2-2-3-3_0.4375_e6k3", "wrn28_0.5",
+    assert [p.config.student.name for p in plans] == ["mbv2-2-2-1_0.5_e2k5", "mbv2-2-3-3_0.4375_e6k3", "wrn28_0.5",
                                                       "resnet20_0.6875", "mbv2-2-3-3_0.75_e6k3"]
-    for plan, share in zip(plans, (0.25, 0.5, 1.0, 1.0, 1.0)):
+    for plan, share in zip(plans, (0.2, 0.5, 1.0, 1.0, 1.0)):
         assert plan.ops.macs <= share * CONTEXT.budget_macs
         if plan.config.student.family != "wrn":
             wider = replace(plan.config.student, width=plan.config.student.width + 0.0625)
             assert count_spec_ops(wider, 32).macs > share * CONTEXT.budget_macs
-    assert {p.config.loss.kd_weight for p in plans if p.config.student.family == "mbv2"} == {0.5}  # one recipe, shared
+    # each with its own recipe: the shallow one's (the recipe TPE found), the 2-3-3 one's shared at half and at the budget
+    assert [(p.config.loss.kd_weight, p.config.loss.graph_weight, p.config.lr) for p in plans if p.config.student.family == "mbv2"] == [
+        (0.7, 0.8, 0.15), (0.5, 25.0, 0.1), (0.5, 25.0, 0.1)]
 
 
 def test_a_budget_share_no_width_meets_leaves_its_student_out(tmp_path):
