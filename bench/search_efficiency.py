@@ -130,24 +130,28 @@ def main() -> None:
     settings = {"budget": args.budget, "epochs": args.epochs, "compute": args.compute, "data": str(Path(args.data_dir).resolve())}
     stored = json.loads(args.results.read_text()) if args.results.exists() else {}
     runs = stored.get("runs", []) if stored.get("settings") == settings else []
+    if args.report_only:  # the figures from the results file, whatever settings made them: no data, no teacher
+        if not stored.get("runs"):
+            parser.error(f"--report-only: {args.results} holds no runs; run the benchmark first")
+        report(args, stored["runs"], command, stored["teacher"])
+        return
     data = load_dataset("imagefolder", args.data_dir, seed=0, cache_dir=args.cache_dir)
     model, spec, meta, _ = train_teacher(data, "wrn28_1", epochs=args.teacher_epochs, seed=0, cache_dir=args.cache_dir)
-    if not args.report_only:
-        work = Path(args.work)
-        work.mkdir(parents=True, exist_ok=True)
-        teacher = save_checkpoint(model, spec, work / "teacher.pt", meta)
-        print(f"teacher {spec.name}: val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f}", flush=True)
-        for method in args.methods:
-            for seed in args.seeds:
-                if any(r["method"] == method and r["seed"] == seed for r in runs):
-                    continue
-                result = run_one(args, method, seed, teacher, work)
-                runs.append(result)
-                args.results.parent.mkdir(parents=True, exist_ok=True)
-                args.results.write_text(json.dumps({"settings": settings, "teacher": meta, "runs": runs}, indent=1))
-                hv = at(result["traces"]["hypervolume"], args.compute)
-                print(f"{method:15s} seed {seed}: {len(result['trials'])} trials, {result['student_epochs']} student-epochs, "
-                      f"final hypervolume {hv:.4f}, {result['seconds'] / 60:.1f} min", flush=True)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    teacher = save_checkpoint(model, spec, work / "teacher.pt", meta)
+    print(f"teacher {spec.name}: val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f}", flush=True)
+    for method in args.methods:
+        for seed in args.seeds:
+            if any(r["method"] == method and r["seed"] == seed for r in runs):
+                continue
+            result = run_one(args, method, seed, teacher, work)
+            runs.append(result)
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps({"settings": settings, "teacher": meta, "runs": runs}, indent=1))
+            hv = at(result["traces"]["hypervolume"], args.compute)
+            print(f"{method:15s} seed {seed}: {len(result['trials'])} trials, {result['student_epochs']} student-epochs, "
+                  f"final hypervolume {hv:.4f}, {result['seconds'] / 60:.1f} min", flush=True)
     report(args, runs, command, meta)
 
 
