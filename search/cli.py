@@ -2,6 +2,7 @@
 
     rkd-search --budget 20MFLOPs --trials 200           # search (the default command)
     rkd-search pareto [--output DIR]                    # the front, read back from MLflow
+    rkd-search train RUN_ID|--best [--epochs 200]       # the picked student trained to the end, an MLflow model
     rkd-search export RUN_ID [--output DIR] [--int8]    # a front student to ONNX (and TorchScript)
 """
 
@@ -18,12 +19,13 @@ from pathlib import Path
 
 from rkd_search.trainer import COMPILE_MODES, DATASETS, PRECISIONS, defaults
 
+from . import names
 from .budget import UNIT_NOTE, parse_budget, parse_bytes, parse_count, parse_duration
 from .errors import SearchError, UsageError
 from .setup import BACKENDS, DEFAULT_MULTI_FIDELITY, SearchOptions
 from .study import SAMPLERS
 
-COMMANDS = ("search", "pareto", "export")
+COMMANDS = ("search", "pareto", "train", "export")
 EXPORT_FORMATS = ("onnx", "torchscript", "litert")
 
 
@@ -45,7 +47,7 @@ def _search_parser() -> argparse.ArgumentParser:
         prog="rkd-search",
         description="Search student width/depth, graph construction and loss weights under an operations budget; "
                     "every candidate is trained by graph-based relative knowledge distillation and logged to MLflow.",
-        epilog="Other commands: `rkd-search pareto --help`, `rkd-search export --help`.",
+        epilog="Other commands: `rkd-search pareto --help`, `rkd-search train --help`, `rkd-search export --help`.",
     )
     parser.add_argument("--budget", required=True, help=f"operations budget per image, e.g. 20MFLOPs, 20M, 1.5GMACs, 500k; counted in {UNIT_NOTE}")
     parser.add_argument("--trials", type=int, default=200, help="trials in the study, including over-budget candidates (default 200); a rerun runs only the missing ones")
@@ -130,6 +132,33 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-images", type=int, default=512, help="training images for int8 calibration (default 512)")
     parser.add_argument("--data-dir", help="the dataset folder, when it moved since the search (default: the search's)")
     parser.add_argument("--cache-dir", type=Path, help="as for the search (env RKD_CACHE_DIR)")
+    _tracking_flags(parser)
+    return parser
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    from .train import ON_CHOICES
+
+    parser = _Parser(prog="rkd-search train", description="Train a student picked from a search's front again, to the end: its own "
+                     "recipe, the search's data and teacher, the schedule stretched to --epochs; a checkpoint every epoch "
+                     "(rerun the same command to continue), its own MLflow run and an MLflow model.")
+    parser.add_argument("run_id", metavar="RUN_ID", nargs="?", help="a trial's run id, e.g. from `rkd-search pareto`")
+    parser.add_argument("--best", action="store_true", help="the most accurate learned student on the front of the latest search "
+                                                            "(of --output when given)")
+    parser.add_argument("--epochs", type=int, default=200, help="epochs of the final training (default 200, as published CIFAR "
+                                                                "models train); the trial's schedule is stretched to them")
+    parser.add_argument("--on", default="train", choices=ON_CHOICES,
+                        help="train (default; the validation split stays for a validation figure) or train+val (more images, "
+                             "no validation figure)")
+    parser.add_argument("--register", metavar="NAME", help="add the trained model to the MLflow Model Registry as NAME, alias champion")
+    parser.add_argument("--timeout", help="stop after the epoch that passes this long (e.g. 2h, 90m), keeping the checkpoint; "
+                                          "rerun to continue")
+    parser.add_argument("--no-int8", action="store_true", help="skip measuring the int8 (ONNX Runtime) export's test accuracy")
+    parser.add_argument("--calibration-images", type=int, default=512, help="training images for the int8 calibration (default 512)")
+    parser.add_argument("--data-dir", help="the dataset folder, when it moved since the search (default: the search's)")
+    parser.add_argument("--cache-dir", type=Path, help="as for the search (env RKD_CACHE_DIR)")
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _tracking_flags(parser)
     return parser
 
@@ -224,6 +253,39 @@ def _pareto(argv: list[str]) -> int:
     return 0
 
 
+def _train(argv: list[str]) -> int:
+    args = _train_parser().parse_args(argv)
+    _configure_logging(False)
+    from .train import TrainOptions, run_train
+
+    options = TrainOptions(args.run_id, best=args.best, epochs=args.epochs, on=args.on, output=args.output,
+                           register=args.register, timeout=parse_duration(args.timeout) if args.timeout else None,
+                           int8=not args.no_int8, calibration_images=args.calibration_images, data_dir=args.data_dir,
+                           cache_dir=args.cache_dir, device=args.device, progress=not args.no_progress)
+    training = run_train(options, _tracker(args))
+    name = training.student.name
+    if training.already:
+        print(f"{name} was already trained for {args.epochs} epochs on {args.on}: run {training.run_id}; export it with "
+              f"rkd-search export {training.run_id}")
+        return 0
+    if training.result is None:
+        return 0  # stopped by --timeout: said so, the checkpoint kept
+    result, metrics = training.result, training.metrics
+    trial = training.student.run.data
+    validation = "no validation figure (trained on train+val)" if args.on == "train+val" else f"val acc {result.val_acc:.4f}"
+    print(f"trained {name} for {result.epochs_done} epochs on {args.on}: test acc {result.test_acc:.4f}, {validation}, teacher "
+          f"agreement {result.teacher_agreement:.4f} (the trial: test acc {trial.metrics.get('test_acc', float('nan')):.4f} after "
+          f"{trial.tags.get(names.EPOCHS, '?')} epochs)")
+    if "int8_test_acc" in metrics:
+        print(f"  int8 (ONNX Runtime, static, per-channel): test acc {metrics['int8_test_acc']:.4f} (fp32 ONNX {metrics['onnx_test_acc']:.4f})")
+    print(f"  MLflow run {training.run_id}; model {training.model_uri} (mlflow.pytorch.load_model)")
+    if training.version:
+        print(f"  registered as {args.register} version {training.version}, alias champion: models:/{args.register}@champion")
+    print(f"  checkpoints: {training.folder}")
+    print(f"Next: rkd-search export {training.run_id} --int8 --raw-input (add --format litert for a microcontroller)")
+    return 0
+
+
 def _export(argv: list[str]) -> int:
     args = _export_parser().parse_args(argv)
     _configure_logging(False)
@@ -245,8 +307,9 @@ def _export(argv: list[str]) -> int:
     exported = export_student(tracker, args.run_id, folder, formats, raw_input=args.raw_input, int8=args.int8,
                               calibration_images=args.calibration_images, data_dir=args.data_dir, cache_dir=args.cache_dir)
     summary = exported.summary
+    val = f"val acc {summary['val_acc']:.4f}, " if summary.get("val_acc") is not None else ""
     print(f"exported {summary['student']} ({summary['macs']:,} MACs, {summary['params']:,} params, "
-          f"val acc {summary['val_acc']:.4f}, test acc {summary['test_acc']:.4f}) from run {args.run_id}:")
+          f"{val}test acc {summary['test_acc']:.4f}) from run {args.run_id}: {exported.weights}")
     for kind, path in exported.files.items():
         print(f"  {kind}: {path}")
     for kind, accuracy in exported.accuracy.items():
@@ -269,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             hint = f"did you mean `rkd-search {close[0]}`? " if close else ""
             raise UsageError(f"unknown command {argv[0]!r}: {hint}the commands are {', '.join(COMMANDS)}; "
                              "a search takes flags only (rkd-search --budget 20MFLOPs ...)")
-        return {"search": _search, "pareto": _pareto, "export": _export}[command](argv)
+        return {"search": _search, "pareto": _pareto, "train": _train, "export": _export}[command](argv)
     except UsageError as error:
         print(f"rkd-search: error: {error}", file=sys.stderr)
         return 2

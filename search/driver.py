@@ -15,13 +15,11 @@ rerun resumes.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
-import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -39,6 +37,7 @@ from .recorder import FrontSettings, Recorder
 from .records import TrialRecord, TrialState
 from .report import Progress, front_table, noise_note
 from .setup import SearchOptions, SearchSetup, check_flags, default_threads, validate
+from .stopping import stop_on_signals
 from .study import OutputLock, open_study, sampler_startup
 from .tracking import Tracker, schema, sqlite_path
 
@@ -46,33 +45,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = {"optuna": "rkd_search.search.backends.embedded", "ray": "rkd_search.search.backends.ray"}
 """Each back-end module offers ``connect(setup)`` and ``run_trials(loop, session)``."""
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP: the search stops as it does on Ctrl-C."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.reason = f"stopped by {name}"
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into ``Stopped`` for the duration (main thread only)."""
-    def handler(number, frame):
-        raise Stopped(signal.Signals(number).name)
-
-    previous = {}
-    try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave the signals alone
-        previous = {}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @dataclass(frozen=True)
@@ -383,8 +355,9 @@ def finish(run: SearchRun, progress: Progress, completed: bool = True) -> list[T
     if front:
         best = max(r.metrics["val_acc"] for r in front)
         write(noise_note(val_size, best) + " (val_acc_se: each row's standard error).")
-        write(f"Front table: {setup.output / 'pareto.csv'}; plot: {setup.output / 'pareto.png'}. "
-              "Export a student with: rkd-search export RUN_ID")
+        write(f"Front table: {setup.output / 'pareto.csv'}; plot: {setup.output / 'pareto.png'}.")
+        write("Next: train the student you pick to the end, with its recipe and this search's teacher: rkd-search train RUN_ID "
+              f"(or rkd-search train --best --output {setup.output}), then export the trained run: rkd-search export RUN_ID")
     if not completed:
         done = sum(r.state.finished for r in records)
         reason, hint = ((f"--max-student-epochs {o.max_student_epochs} ({recorder.student_epochs} student-epochs trained)",

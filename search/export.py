@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from rkd_search.trainer import DataError, ModelSpec, build_model, load_dataset
+from rkd_search.trainer import ModelSpec, build_model
 from rkd_search.trainer.data import normalize
 from rkd_search.trainer.deploy import LatencyCache, export_onnx, onnx_predict, quantize_int8
 
 from . import names
 from .errors import SearchError, UsageError
-from .records import TrialState
 from .setup import check_output_folder
+from .students import dataset_of, load_student, search_of
 from .tracking import Tracker
 
 
@@ -43,36 +43,8 @@ class Exported:
     files: dict[str, Path] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)
-
-
-def _student_of(tracker: Tracker, run_id: str) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor]]:
-    try:
-        run = tracker.client.get_run(run_id)
-    except Exception:
-        raise UsageError(f"no MLflow run {run_id!r} at {tracker.settings.tracking_uri}: pass a run id from `rkd-search pareto`") from None
-    tags = run.data.tags
-    if tags.get(names.ROLE) == names.ROLE_SEARCH:
-        raise UsageError(f"run {run_id} is a search's parent run, with no trained student: pick a run tagged "
-                         f"{names.PARETO}=true (rkd-search pareto)")
-    state = tags.get(names.STATE)
-    if state != TrialState.COMPLETE:
-        why = {TrialState.INFEASIBLE: "was over a limit and never trained",
-               TrialState.PRUNED: f"was stopped at {tags.get(names.EPOCHS, '?')} epochs by multi-fidelity, and its weights were not kept",
-               TrialState.FAILED: f"failed (see its {names.ERROR} tag)",
-               TrialState.PAUSED: "is paused at a rung, not fully trained",
-               TrialState.RUNNING: "is still training"}.get(state, f"is in state {state}")
-        raise UsageError(f"run {run_id} ({run.info.run_name}) {why}: it has no trained student to export; "
-                         f"pick a run tagged {names.PARETO}=true (rkd-search pareto)")
-    with tempfile.TemporaryDirectory() as download:
-        try:
-            local = Path(tracker.client.download_artifacts(run_id, "student", download))
-        except Exception as error:
-            raise UsageError(f"cannot download the student of run {run_id} ({type(error).__name__}): is the artifact store reachable?") from None
-        meta = json.loads((local / "spec.json").read_text())
-        state_dict = torch.load(local / "weights.pt", map_location="cpu", weights_only=True)
-    if not all(torch.isfinite(t).all() for t in state_dict.values() if t.is_floating_point()):
-        raise UsageError(f"run {run_id} holds weights that are not finite (a diverged student): nothing worth exporting")
-    return run, meta, state_dict
+    weights: str = ""
+    """Which weights were exported: a trial's own, or a final training's."""
 
 
 def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[str, ...] = ("onnx", "torchscript"), *,
@@ -85,17 +57,18 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
     of the search is loaded to calibrate on training images and to measure the fp32 and int8 ONNX
     models' test accuracy, which are logged on the run.
     """
-    run, meta, state_dict = _student_of(tracker, run_id)
-    spec = ModelSpec.from_dict(meta["spec"])
+    student = load_student(tracker, run_id)
+    run, meta, spec = student.run, student.meta, student.spec
     model = build_model(spec).eval()
-    model.load_state_dict(state_dict)
+    model.load_state_dict(student.state_dict)
     if (raw_input or int8 or "litert" in formats) and meta.get("preprocessing") is None:
         raise UsageError(f"run {run_id} records no preprocessing (made by an older rkd-search): export it to onnx or torchscript, "
                          "without --raw-input and --int8")
     if "litert" in formats:
         _check_litert()
     needs_data = int8 or "litert" in formats  # calibration images, and the test images the exports are checked on
-    data = _dataset_of(tracker, run, data_dir, cache_dir) if needs_data else None  # refused before anything is written
+    # refused before anything is written
+    data = dataset_of(tracker, search_of(tracker, run), data_dir, cache_dir, "--int8") if needs_data else None
     check_output_folder(folder, "export --output")
     final, exported = folder, Exported()
     try:
@@ -114,6 +87,7 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
         shutil.rmtree(final)
     folder.replace(final)
     exported.files = {kind: final / path.name for kind, path in exported.files.items()}
+    exported.weights = student.describe_weights()
     tracker.set_tags(run_id, {names.EXPORTED: str(final)})
     return exported
 
@@ -265,20 +239,6 @@ def _check_onnx(model, path: Path, input_shape, raw_input: bool, preprocessing: 
     return difference
 
 
-def _dataset_of(tracker: Tracker, run, data_dir: str | None, cache_dir):
-    parent = tracker.client.get_run(run.data.tags["mlflow.parentRunId"])
-    params = parent.data.params
-    try:
-        data = load_dataset(params["dataset"], data_dir or params.get("data_dir") or None, seed=int(params.get("seed", 0)),
-                            cache_dir=cache_dir)
-    except DataError as error:
-        raise UsageError(f"--int8 needs the search's dataset (pass --data-dir DIR if it moved): {error}") from None
-    if data.fingerprint != params.get("dataset.fingerprint"):
-        raise UsageError(f"the dataset at {data_dir or params.get('data_dir')} is not the one the search used "
-                         "(its fingerprint differs): pass --data-dir with the search's data")
-    return data
-
-
 def _int8(onnx_path: Path, data, folder: Path, raw_input: bool, preprocessing: dict, count: int) -> tuple[dict[str, float], Path]:
     """Quantize, calibrating on ``count`` training images, and measure fp32 and int8 test accuracy."""
     calibration = _feed(torch.from_numpy(_calibration_images(data, count)), raw_input, preprocessing)
@@ -289,3 +249,13 @@ def _int8(onnx_path: Path, data, folder: Path, raw_input: bool, preprocessing: d
     accuracy = {kind: float((onnx_predict(path, test).argmax(1) == labels).mean())
                 for kind, path in (("onnx", onnx_path), ("onnx_int8", int8_path))}
     return accuracy, int8_path
+
+
+def int8_accuracy(model, input_shape, data, preprocessing: dict, calibration_images: int = 512) -> dict[str, float]:
+    """The test accuracy of ``model`` exported to ONNX, fp32 and int8 (static, QDQ, calibrated on
+    training images as ``export --int8`` does), measured with ONNX Runtime; nothing kept on disk."""
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = export_onnx(model, input_shape, Path(folder) / "student.onnx", mean=preprocessing["mean"],
+                                std=preprocessing["std"])
+        accuracy, _ = _int8(onnx_path, data, Path(folder), False, preprocessing, calibration_images)
+    return accuracy

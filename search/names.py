@@ -11,6 +11,8 @@ ROLE = "rkd.role"
 """``search`` (a parent run), ``teacher`` (a teacher's own run); trials have a parent instead."""
 ROLE_SEARCH = "search"
 ROLE_TEACHER = "teacher"
+ROLE_TRAIN = "train"
+"""A student trained again to the end by ``rkd-search train`` (its own run, linked to its trial and search)."""
 
 # -- a trial's child run --------------------------------------------------------------------------
 STATE = "rkd.state"
@@ -41,6 +43,18 @@ PRESCREEN = "rkd.prescreen"
 """How many candidates the prescreen scored for this trial."""
 EXPORTED = "rkd.exported"
 """Where ``rkd-search export`` last wrote the student."""
+
+# -- a final training's run (``rkd-search train``) --------------------------------------------------
+TRIAL_RUN = "rkd.trial_run"
+"""The trial run whose student and recipe were trained again."""
+SEARCH_RUN = "rkd.search_run"
+"""The search (parent run) the trial belongs to: its data and teacher."""
+TRAIN_KEY = "rkd.train_key"
+"""Finds a final training's run again (a resumed training keeps its run)."""
+TRAIN_ON = "rkd.train_on"
+"""The images it trained on: ``train``, or ``train+val`` (then it has no validation figure)."""
+REGISTERED = "rkd.registered"
+"""``NAME@champion``: the Model Registry entry ``--register`` made."""
 
 # -- a search's parent run ------------------------------------------------------------------------
 OUTPUT = "rkd.output"

@@ -106,6 +106,8 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    nesterov: bool = False
+    """Nesterov momentum (the usual CIFAR recipe of pytorch-cifar-models; the graph-KD authors' plain SGD without)."""
     schedule: Schedule = "cosine"
     seed: int = 0
     precision: Precision = "auto"
@@ -120,6 +122,8 @@ class TrainConfig:
         if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"optim: lr must be > 0, weight_decay >= 0 and momentum in [0, 1), got "
                              f"lr={self.lr}, weight_decay={self.weight_decay}, momentum={self.momentum}")
+        if self.nesterov and self.momentum <= 0:
+            raise ValueError("optim: nesterov needs a momentum above 0")
         _check_choice("optim.schedule", self.schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("compile", self.compile, COMPILE_MODES)

@@ -120,6 +120,7 @@ def fit(
     resume: TrainState | None = None,
     until: int | None = None,
     batch_progress: Callable[[int, int], None] | None = None,
+    checkpoint: Callable[[TrainState], None] | None = None,
 ) -> TrainResult:
     """Train ``config.student`` on ``data`` with the loss mix of ``config.loss``.
 
@@ -130,8 +131,12 @@ def fit(
 
     ``until`` pauses after that many epochs of ``config.epochs``: the result then has no test
     metrics and carries ``state``, which ``resume`` continues from. ``batch_progress(done, total)``
-    is called after every training step (a progress bar within long epochs). Raises
-    ``FloatingPointError`` when the loss, the weights or the evaluation logits stop being finite.
+    is called after every training step (a progress bar within long epochs). ``checkpoint(state)``
+    receives, after every epoch, the ``TrainState`` that ``resume`` continues from (a long run saves
+    it, so that a killed process loses at most one epoch). A resumed state that already holds every
+    epoch is evaluated without training. Data without validation images (a final training on
+    train and val together) reports a validation accuracy of NaN. Raises ``FloatingPointError``
+    when the loss, the weights or the evaluation logits stop being finite.
     """
     device = resolve_device(device)
     precision = resolve_precision(config.precision, device)
@@ -139,7 +144,7 @@ def fit(
     data = data if data.train_images.device == device else data.to(device)
     start_epoch = resume.epoch if resume is not None else 0
     until = config.epochs if until is None else until
-    if not start_epoch < until <= config.epochs:
+    if not (start_epoch < until <= config.epochs or start_epoch == until == config.epochs):
         raise ValueError(f"cannot train from epoch {start_epoch} to epoch {until} of {config.epochs}")
 
     signals: TeacherSignals | None
@@ -162,9 +167,8 @@ def fit(
     if compiled:
         _compile_cache_for((spec, config.loss, precision, device.type))
     step_loss = _step_loss(student, config.loss, precision, device, compiled=compiled)
-    optimizer = torch.optim.SGD(
-        student.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
     history: list[EpochReport] = []
     previous_seconds = 0.0
     if resume is not None:
@@ -211,10 +215,12 @@ def fit(
             raise FloatingPointError(f"the loss became {epoch_values[0]} in epoch {epoch + 1}; lower the learning rate or loss weights")
         if not _all_finite(student.state_dict().values()):
             raise FloatingPointError(f"the weights stopped being finite in epoch {epoch + 1}; lower the learning rate or loss weights")
-        val_logits = predict(student, data, data.val_images, data.val_labels, precision, device, channels_last)
-        if not _all_finite([val_logits]):
-            raise FloatingPointError(f"the validation logits stopped being finite in epoch {epoch + 1}; lower the learning rate")
-        val_acc = float((val_logits.argmax(1) == data.val_labels).float().mean())
+        val_acc = math.nan
+        if len(data.val_labels):
+            val_logits = predict(student, data, data.val_images, data.val_labels, precision, device, channels_last)
+            if not _all_finite([val_logits]):
+                raise FloatingPointError(f"the validation logits stopped being finite in epoch {epoch + 1}; lower the learning rate")
+            val_acc = float((val_logits.argmax(1) == data.val_labels).float().mean())
         epoch_report = EpochReport(
             epoch=epoch + 1,
             epochs=config.epochs,
@@ -226,6 +232,9 @@ def fit(
             eval_seconds=time.perf_counter() - eval_start,
         )
         history.append(epoch_report)
+        if checkpoint is not None:
+            checkpoint(TrainState(epoch + 1, _to_cpu(student.state_dict()), _to_cpu(optimizer.state_dict()), list(history),
+                                  previous_seconds + time.perf_counter() - started))
         if report is not None and report(epoch_report) and epoch + 1 < config.epochs:
             stopped_early = True
             break

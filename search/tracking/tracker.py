@@ -17,6 +17,7 @@ import fcntl
 import io
 import json
 import logging
+import math
 import tempfile
 import time
 from contextlib import contextmanager
@@ -170,7 +171,8 @@ class Tracker:
         metrics = {"epoch.val_acc": report.val_acc, "epoch.train_loss": report.train_loss, "epoch.lr": report.lr,
                    "epoch.seconds": report.seconds}
         metrics.update({f"epoch.loss.{name}": value for name, value in report.loss_parts.items()})
-        self._log(run_id, metrics=metrics, step=report.epoch)
+        finite = {k: v for k, v in metrics.items() if math.isfinite(v)}  # no validation images: no epoch.val_acc
+        self._log(run_id, metrics=finite, step=report.epoch)
 
     def finish_trial(self, run_id: str, state: TrialState, result: TrainResult | None = None, student: dict[str, Any] | None = None,
                      error: str | None = None, tags: dict[str, Any] | None = None, status: str | None = None,
@@ -187,16 +189,7 @@ class Tracker:
         if result is not None:
             metrics.update(result.metrics())
             run_tags[names.EPOCHS] = result.epochs_done
-            files: dict[str, bytes | str] = {"spec.json": json.dumps(
-                {"format": "rkd-search/student-v1", "spec": result.spec.to_dict(), **(student or {}),
-                 "input_shape": list(result.input_shape),
-                 "macs": result.macs, "flops": result.flops, "params": result.params}, indent=2)}
-            import torch
-
-            buffer = io.BytesIO()
-            torch.save(result.state_dict, buffer)
-            files["weights.pt"] = buffer.getvalue()
-            self._log_files(run_id, files, "student")
+            self.log_student(run_id, result, student)
         else:
             run_tags.setdefault(names.EPOCHS, epochs)
         if error:
@@ -207,6 +200,64 @@ class Tracker:
             self.client.update_run(run_id, status=run_status)
         else:
             self.client.set_terminated(run_id, run_status)
+
+    def log_student(self, run_id: str, result: TrainResult, student: dict[str, Any] | None = None) -> None:
+        """The trained student as the run's ``student/`` artifacts: ``spec.json`` (its spec, ``student``'s
+        preprocessing, classes and recipe, its input shape and costs) and ``weights.pt`` (a plain state_dict)."""
+        import torch
+
+        files: dict[str, bytes | str] = {"spec.json": json.dumps(
+            {"format": "rkd-search/student-v1", "spec": result.spec.to_dict(), **(student or {}),
+             "input_shape": list(result.input_shape),
+             "macs": result.macs, "flops": result.flops, "params": result.params}, indent=2)}
+        buffer = io.BytesIO()
+        torch.save(result.state_dict, buffer)
+        files["weights.pt"] = buffer.getvalue()
+        self._log_files(run_id, files, "student")
+
+    # -- final trainings ------------------------------------------------------------------------------
+    def train_run(self, key: str, name: str, params: dict[str, Any], tags: dict[str, Any]) -> tuple[str, str]:
+        """The run of a final training, found by its key (a resumed training keeps its run) or created;
+        returns (run id, its state tag)."""
+        existing = self.search(names.tag_equals(names.TRAIN_KEY, key), max_results=1)
+        if existing:
+            run = existing[0]
+            return run.info.run_id, run.data.tags.get(names.STATE, TrialState.RUNNING)
+        run_tags = {names.ROLE: names.ROLE_TRAIN, names.TRAIN_KEY: key, names.STATE: TrialState.RUNNING, **tags}
+        run_id = self.client.create_run(self.experiment_id, run_name=name, tags={k: str(v) for k, v in run_tags.items()}).info.run_id
+        self._log(run_id, params=params)
+        return run_id, TrialState.RUNNING
+
+    def last_step(self, run_id: str, metric: str) -> int:
+        """The last step ``metric`` was logged at on the run (0 when never)."""
+        return max((m.step for m in self.client.get_metric_history(run_id, metric)), default=0)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        if status in ("RUNNING", "SCHEDULED"):
+            self.client.update_run(run_id, status=status)
+        else:
+            self.client.set_terminated(run_id, status)
+
+    def log_model(self, run_id: str, model, example, card: dict[str, Any], register: str | None = None) -> tuple[str, str | None]:
+        """Log ``model`` as the run's MLflow model ``model`` (torch.export's pt2 format: it loads without
+        running pickled code, ``mlflow.pytorch.load_model``), with a signature from ``example`` and
+        ``card`` (preprocessing, classes) in its metadata. With ``register``, a new version of that
+        registered model, which the alias ``champion`` then points at. Returns (model URI, version)."""
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            logits = model(torch.from_numpy(example)).numpy()
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
+        with mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+            info = mlflow.pytorch.log_model(model, name="model", input_example=example, signature=infer_signature(example, logits),
+                                            serialization_format="pt2", metadata=card, registered_model_name=register)
+        version = None
+        if register:
+            version = str(info.registered_model_version)
+            self.client.set_registered_model_alias(register, "champion", version)
+        return info.model_uri, version
 
     # -- reading back ---------------------------------------------------------------------------------
     def trial_records(self, parent_id: str) -> list[TrialRecord]:

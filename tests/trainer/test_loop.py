@@ -99,6 +99,38 @@ def test_continuing_from_a_saved_state_equals_training_straight_through(syntheti
     assert [h.lr for h in resumed.history] == [h.lr for h in straight.history]
 
 
+def test_the_checkpoint_of_every_epoch_continues_to_the_uninterrupted_weights(synthetic):
+    """``checkpoint`` receives each epoch's state; continuing from any of them equals the run straight
+    through, and a state holding every epoch is evaluated without training again."""
+    config = TrainConfig(student=STUDENT, epochs=3, batch_size=32, precision="fp32", seed=5)
+    states = []
+    straight = fit(config, synthetic, checkpoint=states.append)
+    assert [s.epoch for s in states] == [1, 2, 3]
+    from_first = fit(config, synthetic, resume=states[0])
+    evaluated = fit(config, synthetic, resume=states[-1])
+    for result in (from_first, evaluated):
+        assert result.epochs_done == 3 and result.test_acc == straight.test_acc
+        assert all(torch.equal(value, result.state_dict[name]) for name, value in straight.state_dict.items())
+    assert evaluated.train_seconds == pytest.approx(states[-1].train_seconds)
+
+
+def test_data_without_validation_images_trains_and_reports_nan_validation_accuracy(synthetic):
+    import math
+    from dataclasses import replace
+
+    empty = replace(synthetic, val_images=synthetic.val_images[:0], val_labels=synthetic.val_labels[:0])
+    result = fit(TrainConfig(student=STUDENT, epochs=1, batch_size=32, precision="fp32"), empty)
+    assert math.isnan(result.val_acc) and math.isnan(result.history[0].val_acc) and result.test_acc is not None
+
+
+def test_nesterov_momentum_changes_the_step_and_needs_momentum(synthetic):
+    plain = fit(TrainConfig(student=STUDENT, epochs=1, batch_size=32, precision="fp32"), synthetic)
+    nesterov = fit(TrainConfig(student=STUDENT, epochs=1, batch_size=32, precision="fp32", nesterov=True), synthetic)
+    assert any(not torch.equal(plain.state_dict[k], nesterov.state_dict[k]) for k in plain.state_dict)
+    with pytest.raises(ValueError, match="nesterov"):
+        TrainConfig(student=STUDENT, nesterov=True, momentum=0.0)
+
+
 def test_a_damaged_state_file_is_refused(tmp_path):
     from rkd_search.trainer import TrainState
 
