@@ -90,13 +90,14 @@ def trial_rows(tracker: Tracker, parent: str) -> list[dict]:
     return rows
 
 
-def run_one(args, method: str, seed: int, teacher: Path, work: Path) -> dict:
+def run_one(args, method: str, seed: int, teacher: Path, work: Path, methods: dict[str, dict] = METHODS) -> dict:
+    """One search of ``methods[method]`` at ``args``' budget, compute and data; its traces and trial rows."""
     out = work / f"{method}-s{seed}"
     options = SearchOptions(
-        budget=parse_budget(args.budget), trials=100_000, dataset="imagefolder", data_dir=args.data_dir, teacher=str(teacher),
+        budget=parse_budget(args.budget), trials=100_000, dataset="imagefolder", data_dir=str(args.data_dir), teacher=str(teacher),
         epochs=args.epochs, space="default", seed=seed, output=out, tracking_uri=f"sqlite:///{out}/mlflow.db",
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=False, eta=3, max_student_epochs=args.compute,
-        **METHODS[method],
+        **methods[method],
     )
     started = time.perf_counter()
     run_search(options)

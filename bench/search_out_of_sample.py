@@ -38,7 +38,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -46,11 +45,10 @@ import numpy as np
 import torch
 
 from _docs import write_section
-from search_efficiency import at, trial_rows
+import search_efficiency
+from search_efficiency import at
 from rkd_search.search.budget import parse_budget
-from rkd_search.search.driver import run_search
 from rkd_search.search.pareto import learned_threshold
-from rkd_search.search.setup import SearchOptions
 from rkd_search.search.tracking import Tracker, TrackingSettings
 from rkd_search.spaces import TrialContext, load_space
 from rkd_search.trainer import defaults, load_dataset, save_checkpoint, train_teacher
@@ -117,26 +115,13 @@ def frozen_commit() -> str:
 
 
 def run_one(args, method: str, seed: int, teacher: Path, work: Path) -> dict:
-    out = work / f"{method}-s{seed}"
-    options = SearchOptions(
-        budget=parse_budget(args.budget), trials=100_000, dataset="imagefolder", data_dir=str(args.data_dir), teacher=str(teacher),
-        epochs=args.epochs, space="default", seed=seed, output=out, tracking_uri=f"sqlite:///{out}/mlflow.db",
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=False, max_student_epochs=args.compute,
-        **METHODS[method],
-    )
-    started = time.perf_counter()
-    run_search(options)
-    seconds = time.perf_counter() - started
-    tracker = Tracker(TrackingSettings(f"sqlite:///{out}/mlflow.db", "rkd-search"))
-    parent = tracker.latest_search(str(out.resolve()))
-    traces = {name: sorted([int(m.step), float(m.value)] for m in tracker.client.get_metric_history(parent, name))
-              for name in ("hypervolume", "best_val_acc")}
-    trials = trial_rows(tracker, parent)
-    for row, record in zip(trials, tracker.trial_records(parent)):
+    result = search_efficiency.run_one(args, method, seed, teacher, work, METHODS)
+    tracker = Tracker(TrackingSettings(f"sqlite:///{work / f'{method}-s{seed}'}/mlflow.db", "rkd-search"))
+    records = tracker.trial_records(tracker.latest_search(str((work / f"{method}-s{seed}").resolve())))
+    for row, record in zip(result["trials"], records):
         row["learned"] = record.learned
-    enqueued = len(load_space("default").enqueued_params(context_of(args, seed))) if options.enqueue else 0
-    return {"method": method, "seed": seed, "traces": traces, "student_epochs": sum(t["epochs"] for t in trials),
-            "seconds": seconds, "trials": trials, "enqueued": enqueued}
+    result["enqueued"] = len(load_space("default").enqueued_params(context_of(args, seed))) if METHODS[method].get("enqueue", True) else 0
+    return result
 
 
 def context_of(args, seed: int) -> TrialContext:

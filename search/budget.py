@@ -91,6 +91,17 @@ def parse_duration(text: str, what: str = "--timeout") -> float:
     return seconds
 
 
+def parse_image_size(text: str, what: str = "--image-size") -> tuple[int, int]:
+    """``64x32`` (width x height, as image tools write it) or ``32`` (square) into (height, width)."""
+    parts = (text or "").lower().replace(" ", "").split("x")
+    if len(parts) not in (1, 2) or not all(part.isdigit() for part in parts):
+        raise UsageError(f"malformed {what} {text!r}: write WIDTHxHEIGHT in pixels, e.g. 64x32, or one number for a square")
+    width, height = int(parts[0]), int(parts[-1])
+    if not (4 <= width <= 4096 and 4 <= height <= 4096):
+        raise UsageError(f"{what} {text!r}: each side must be between 4 and 4096 pixels")
+    return height, width
+
+
 def format_ops(value: float) -> str:
     for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if value >= scale:

@@ -20,7 +20,7 @@ from pathlib import Path
 from rkd_search.trainer import COMPILE_MODES, DATASETS, PRECISIONS, defaults
 
 from . import names
-from .budget import UNIT_NOTE, parse_budget, parse_bytes, parse_count, parse_duration
+from .budget import UNIT_NOTE, parse_budget, parse_bytes, parse_count, parse_duration, parse_image_size
 from .errors import SearchError, UsageError
 from .setup import BACKENDS, DEFAULT_MULTI_FIDELITY, SearchOptions
 from .study import SAMPLERS
@@ -56,6 +56,8 @@ def _search_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR"), help="dataset folder (env RKD_DATA_DIR); for CIFAR default CACHE/data/NAME, downloaded there when the network allows")
     data.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,
                       help=f"share of train/ held out for validation when the data has no val/ folder (default {defaults.VAL_FRACTION})")
+    data.add_argument("--image-size", metavar="WxH", help="resize an ImageFolder tree's images to WIDTHxHEIGHT pixels, e.g. 64x32 "
+                                                          "(default: their most common size; every cost is counted at it)")
     data.add_argument("--teacher", default=defaults.TEACHER,
                       help=f"an architecture trained once and cached (default {defaults.TEACHER}); a checkpoint written by rkd-search; "
                            "torchvision:NAME=WEIGHTS.pt or timm:NAME=WEIGHTS.pt (a state_dict); a TorchScript file; "
@@ -79,7 +81,8 @@ def _search_parser() -> argparse.ArgumentParser:
     trials.add_argument("--seed", type=int, default=0)
     trials.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto (default): bf16 autocast on CUDA, fp32 on the CPU (bf16 cost accuracy there: docs/benchmarks.md)")
     trials.add_argument("--compile", default="auto", choices=COMPILE_MODES,
-                        help="the training step through torch.compile: auto (default) on CUDA only, on, off")
+                        help="the training step through torch.compile: on, off, or auto (default): eager until a measurement shows "
+                             "compiling faster (a step that fails to compile trains eagerly)")
     trials.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     trials.add_argument("--jobs", type=int, default=1, help="trials training at once, each in its own worker process (default 1; "
                                                              "on one GPU, 4 or more: see the README)")
@@ -184,6 +187,9 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    # MLflow logs every database error with its traceback before raising it; a locked store's are
+    # waited out (tracking.PatientClient), and any other reaches the user as its exception
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
@@ -200,7 +206,8 @@ def _search(argv: list[str]) -> int:
     multi_fidelity = args.multi_fidelity
     options = SearchOptions(
         budget=parse_budget(args.budget), trials=args.trials, dataset=args.dataset, data_dir=args.data_dir,
-        val_fraction=args.val_fraction, teacher=args.teacher, teacher_epochs=args.teacher_epochs,
+        val_fraction=args.val_fraction, image_size=parse_image_size(args.image_size) if args.image_size else None,
+        teacher=args.teacher, teacher_epochs=args.teacher_epochs,
         trust_teacher_code=args.trust_teacher_code, teacher_taps=args.teacher_taps, teacher_size=args.teacher_size,
         teacher_norm=args.teacher_norm, jobs=args.jobs, prescreen=args.prescreen,
         enqueue=args.enqueue, max_student_epochs=args.max_student_epochs,
@@ -249,7 +256,7 @@ def _pareto(argv: list[str]) -> int:
     val_size = int(parent_run.data.params.get("val.size", 0)) or None
     print(f"Search {parent_run.info.run_name} ({parent}), {len(records)} trials, budget {parent_run.data.params.get('budget', '?')}, "
           f"in {UNIT_NOTE}:")
-    print(front_table(front, val_size))
+    print(front_table(front, val_size, records))
     return 0
 
 

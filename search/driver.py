@@ -15,6 +15,7 @@ rerun resumes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import time
@@ -23,19 +24,19 @@ from typing import Any
 
 import torch
 
-from rkd_search.trainer import EpochReport, Teacher, TeacherTargets, prepare_teacher
+from rkd_search.trainer import Teacher, TeacherTargets, prepare_teacher
 from rkd_search.trainer._device import resolve_device
 
 from . import names
 from .budget import UNIT_NOTE
-from .errors import SearchError
+from .errors import SearchError, cannot_write
 from .lifecycle import Lifecycle, finished_trials
 from .loop import TrialLoop
 from .objective import DIRECTIONS, LoopOptions, Objective
 from .prescreen import Prescreen
 from .recorder import FrontSettings, Recorder
 from .records import TrialRecord, TrialState
-from .report import Progress, front_table, noise_note
+from .report import EpochBar, Progress, front_table, noise_note
 from .setup import SearchOptions, SearchSetup, check_flags, default_threads, validate
 from .stopping import stop_on_signals
 from .study import OutputLock, open_study, sampler_startup
@@ -93,6 +94,7 @@ def run_search(options: SearchOptions) -> list[TrialRecord]:
         try:
             session = backend.connect(setup)
             lock.acquire()  # a second search on this output folder is refused here, before any write
+            where_results_go(setup, progress)
             run = start(setup, progress)
             announce(run, progress)
             loop = trial_loop(run, progress, pool)
@@ -106,6 +108,18 @@ def run_search(options: SearchOptions) -> list[TrialRecord]:
             why = getattr(stop, "reason", "interrupted")
             print(f"\n{why} after {done} of {options.trials} trials: rerun the same command to resume", flush=True)
             raise
+        except Exception as error:
+            progress.close()
+            why = cannot_write(error)
+            if run is not None:
+                with contextlib.suppress(Exception):  # the store may be what cannot be written
+                    run.tracker.end_search(run.parent_id, "KILLED" if why else "FAILED")
+            if why is None:
+                raise
+            # a full or read-only disk stops the search as Ctrl-C does: the running trials resume on the rerun
+            done = finished_trials(run.study) if run is not None else 0
+            raise SearchError(f"{why}: stopped after {done} of {options.trials} trials; free space or make {setup.output} "
+                              "writable, then rerun the same command to resume") from None
         except BaseException:
             progress.close()
             if run is not None:
@@ -175,39 +189,18 @@ def start(setup: SearchSetup, progress: Progress) -> SearchRun:
 
 def _prepare_teacher(setup: SearchSetup, device: torch.device, progress: Progress) -> Teacher:
     o = setup.options
-    bars: list = []
+    bar = EpochBar(progress, o.teacher_epochs, f"teacher {setup.teacher.name}")
 
-    def report(epoch_report: EpochReport) -> None:
-        if not bars:
-            bars.append(progress.bar_for(o.teacher_epochs, 0, f"teacher {setup.teacher.name}", "epoch"))
-        if bars[0] is not None:
-            bars[0].update(1)
-            bars[0].set_postfix(val_acc=f"{epoch_report.val_acc:.3f}", s_per_epoch=f"{epoch_report.seconds:.1f}")
+    def resumed(epoch: int, checkpoint) -> None:
+        bar.resumed(epoch)
+        progress.write(f"resuming the teacher {setup.teacher.name} at epoch {epoch} of {o.teacher_epochs} from {checkpoint}")
 
-    teacher = prepare_teacher(setup.teacher, setup.data, epochs=o.teacher_epochs, seed=o.seed, cache_dir=setup.cache_dir,
-                              device=device, report=report, progress=_batch_bar(progress, "teacher epoch"))
-    if bars and bars[0] is not None:
-        bars[0].close()
-    return teacher
-
-
-def _batch_bar(progress: Progress, desc: str):
-    """Batches within a long phase, shown only when it takes more than a few seconds."""
-    state: dict[str, Any] = {"bar": None, "started": None}
-
-    def report(done: int, total: int) -> None:
-        if state["started"] is None or done == 1:
-            state["started"] = time.monotonic()
-        if state["bar"] is None and time.monotonic() - state["started"] > 3 and done < total:
-            state["bar"] = progress.bar_for(total, done, desc, "batch")
-        if state["bar"] is not None:
-            state["bar"].n = done
-            state["bar"].refresh()
-            if done >= total:
-                state["bar"].close()
-                state["bar"] = None
-
-    return report
+    try:
+        return prepare_teacher(setup.teacher, setup.data, epochs=o.teacher_epochs, seed=o.seed, cache_dir=setup.cache_dir,
+                               device=device, report=lambda r: bar.epoch(r.epoch, r.val_acc), progress=bar.batch,
+                               resumed=resumed)
+    finally:
+        bar.close()
 
 
 def _prepare_targets(setup: SearchSetup, teacher: Teacher, device: torch.device, progress: Progress) -> TeacherTargets:
@@ -256,14 +249,20 @@ def sampler_note(o: SearchOptions, startup: int) -> str:
     return f"sampler {o.sampler}: the first {startup} of {trials} are hand-picked or random, then {o.sampler.upper()} models the results."
 
 
-def announce(run: SearchRun, progress: Progress) -> None:
-    """Say where results go, and whether and from where this run resumes."""
-    setup = run.setup
+def where_results_go(setup: SearchSetup, progress: Progress) -> None:
+    """Said first, before the teacher and its targets take their time: where the results go, and how the images were read."""
     uri = setup.tracking.tracking_uri
     db = sqlite_path(uri)
     ui = f"mlflow ui --backend-store-uri sqlite:///{db.resolve()}" if db is not None else f"open {uri}"
     progress.write(f"rkd-search: output {setup.output}; MLflow experiment {setup.tracking.experiment!r} at {uri} "
                    f"(browse: {ui}, then 'Model training'); front: {setup.output / 'pareto.csv'}")
+    if setup.data.note:
+        progress.write(setup.data.note + ".")
+
+
+def announce(run: SearchRun, progress: Progress) -> None:
+    """Say how noisy the validation split is, how the sampler starts, and whether and from where this run resumes."""
+    setup = run.setup
     progress.write(noise_note(len(setup.data.val_labels), run.teacher_test_acc, setup.data.val_source) + ".")
     if run.startup is not None:
         progress.write(sampler_note(setup.options, run.startup))
@@ -351,7 +350,7 @@ def finish(run: SearchRun, progress: Progress, completed: bool = True) -> list[T
     write(f"Pareto front (validation accuracy vs MACs), tagged {names.PARETO}=true in MLflow experiment "
           f"{setup.tracking.experiment!r} at {setup.tracking.tracking_uri}:")
     val_size = len(setup.data.val_labels)
-    write(front_table(front, val_size))
+    write(front_table(front, val_size, records))
     if front:
         best = max(r.metrics["val_acc"] for r in front)
         write(noise_note(val_size, best) + " (val_acc_se: each row's standard error).")

@@ -70,7 +70,7 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
     # refused before anything is written
     data = dataset_of(tracker, search_of(tracker, run), data_dir, cache_dir, "--int8") if needs_data else None
     check_output_folder(folder, "export --output")
-    final, exported = folder, Exported()
+    final, exported = own_folder(folder, run_id), Exported()
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder.parent))  # all or nothing: moved in place at the end
@@ -92,6 +92,18 @@ def export_student(tracker: Tracker, run_id: str, folder: Path, formats: tuple[s
     return exported
 
 
+def own_folder(folder: Path, run_id: str) -> Path:
+    """Where run ``run_id`` is exported: ``folder``, unless another run's export (two runs of one name,
+    from two searches or two stores) or anything else is there: then ``folder-RUNID``, never replacing it."""
+    if not folder.exists():
+        return folder
+    try:
+        owner = json.loads((folder / "student.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        owner = None
+    return folder if owner == run_id else folder.with_name(f"{folder.name}-{run_id[:8]}")
+
+
 def _write(exported: Exported, tracker: Tracker, run, run_id: str, meta: dict, model, spec: ModelSpec, folder: Path,
            formats: tuple[str, ...], raw_input: bool, int8: bool, data, calibration_images: int, cache_dir) -> None:
     input_shape = tuple(meta.get("input_shape", (spec.in_channels, 32, 32)))
@@ -111,7 +123,7 @@ def _write(exported: Exported, tracker: Tracker, run, run_id: str, meta: dict, m
     metrics = run.data.metrics
     latency = metrics.get("latency_ms")
     if latency is None:
-        latency = LatencyCache(cache_dir)(spec, input_shape[-1])
+        latency = LatencyCache(cache_dir)(spec, tuple(input_shape[1:]))
     summary: dict[str, Any] = {
         "run_id": run_id,
         "run_name": run.info.run_name,
@@ -201,7 +213,7 @@ def _litert(exported: Exported, model, spec: ModelSpec, folder: Path, data, raw_
         if quantized:  # int8 in and out, int8 weights; are all activations int8 too?
             section["float_ops"] = float_ops(path)
             section["fully_integer"] = not section["float_ops"]
-    resolution = input_shape[-1]
+    resolution = tuple(input_shape[1:])
     section["flash_bytes"] = section["files"].get("int8", section["files"]["fp32"])["bytes"]
     section["flash_note"] = ("the .tflite file's size (int8 weights, int32 biases, quantization parameters, the graph); "
                              f"weights and biases alone: {int8_flash_bytes(spec)} bytes")

@@ -41,6 +41,8 @@ SCORES = "rkd.scores"
 """The zero-cost scores of the trial's untrained student (also logged as ``score.*`` metrics)."""
 PRESCREEN = "rkd.prescreen"
 """How many candidates the prescreen scored for this trial."""
+COMPILE_FALLBACK = "rkd.compile_fallback"
+"""Why the trial's compiled training step went back to eager (its compilation failed)."""
 EXPORTED = "rkd.exported"
 """Where ``rkd-search export`` last wrote the student."""
 

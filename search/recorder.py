@@ -87,6 +87,8 @@ class Recorder:
         tags = dict(tags or {})
         if result is not None:
             tags[names.LEARNED] = str(result.val_acc > self.front.learned_threshold).lower()
+            if result.compile_fallback:
+                tags[names.COMPILE_FALLBACK] = result.compile_fallback
         epochs = result.epochs_done if result else epochs_done
         self.tracker.finish_trial(run_id, state, result, {**self.student, "config": plan.config.to_dict()} if result else None,
                                   error, tags, status, metrics={**plan_metrics(plan), **(partial or {})}, epochs=epochs)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from . import names
 from .budget import format_ops
 from .pareto import standard_error
 from .records import TrialRecord, TrialState
@@ -43,6 +44,41 @@ class Progress:
             self.bar = None
 
 
+class EpochBar:
+    """One bar for a long training (the teacher, a final training), in epochs advanced batch by batch.
+
+    It is made when the first batch ends, starting at the epoch the training resumed from, and
+    estimates the time left from the average rate since then (tqdm's ``smoothing=0``): a true ETA
+    from the first batches on, and one line for the whole training, not one per epoch."""
+
+    def __init__(self, progress: Progress, total: int, desc: str) -> None:
+        self.progress, self.total, self.desc = progress, total, desc
+        self.start = 0
+        self.bar = None
+        self.done = 0
+
+    def resumed(self, epoch: int) -> None:
+        self.start = self.done = epoch
+
+    def batch(self, done: int, total: int) -> None:
+        if self.bar is None and self.progress.enabled:
+            self.bar = self.progress.bar_for(self.total, self.start, self.desc, "epoch")
+            self.bar.smoothing = 0
+        if self.bar is not None:  # update() redraws at most every 0.1 s
+            self.bar.update(self.done + done / total - self.bar.n)
+
+    def epoch(self, epoch: int, val_acc: float) -> None:
+        self.done = epoch
+        if self.bar is not None:
+            self.bar.update(epoch - self.bar.n)
+            self.bar.set_postfix({"val_acc": f"{val_acc:.3f}"} if math.isfinite(val_acc) else {}, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def noise_note(images: int, accuracy: float, source: str = "") -> str:
     """One line: how far apart two validation accuracies near ``accuracy`` must be to mean anything."""
     se = standard_error(accuracy, images)
@@ -71,10 +107,20 @@ def _row(record: TrialRecord, val_size: int | None = None) -> dict[str, str]:
     }
 
 
-def front_table(front: Sequence[TrialRecord], val_size: int | None = None) -> str:
-    """A fixed-width text table (MACs in human units) of the front, in increasing MACs."""
+def empty_front_reason(records: Sequence[TrialRecord]) -> str:
+    """Why no trial is on the front, in the search's terms."""
+    full = [r for r in records if r.full_fidelity]
+    if not full:
+        return "no feasible trial finished all its epochs"
+    return (f"all {len(full)} fully trained student{'s' if len(full) != 1 else ''} scored no better than guessing the majority "
+            f"class (tagged {names.LEARNED}=false): lower the learning rate or loss weights, or train longer (--epochs)")
+
+
+def front_table(front: Sequence[TrialRecord], val_size: int | None = None, records: Sequence[TrialRecord] = ()) -> str:
+    """A fixed-width text table (MACs in human units) of the front, in increasing MACs; when it is
+    empty, why (from ``records``, every trial of the search)."""
     if not front:
-        return "(the front is empty: no feasible trial finished all its epochs)"
+        return f"(the front is empty: {empty_front_reason(records)})"
     rows = []
     for record in front:
         row = _row(record, val_size)

@@ -50,6 +50,8 @@ class SearchOptions:
     dataset: str = "cifar10"
     data_dir: str | None = None
     val_fraction: float = defaults.VAL_FRACTION
+    image_size: tuple[int, int] | None = None
+    """(height, width) an ImageFolder tree's images are resized to (None: their most common size)."""
     teacher: str = defaults.TEACHER
     teacher_epochs: int = defaults.TEACHER_EPOCHS
     trust_teacher_code: bool = False
@@ -151,9 +153,11 @@ def validate(options: SearchOptions, progress: Callable[[int, int], None] | None
     tracking = resolve_settings(options.mlflow_config, options.tracking_uri, options.experiment)
     check_reachable(tracking)
     cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    # the teacher, its targets and the decoded images are saved there: checked before minutes of training
+    check_output_folder(cache_dir, "the cache folder", "set RKD_CACHE_DIR or pass --cache-dir to a writable folder")
     try:
         data = load_dataset(options.dataset, options.data_dir, val_fraction=options.val_fraction, seed=options.seed,
-                            cache_dir=cache_dir, progress=progress)
+                            cache_dir=cache_dir, progress=progress, image_size=options.image_size)
     except DataError as error:
         raise UsageError(str(error)) from None
     batch_size = options.batch_size or data.default_batch_size
@@ -174,6 +178,7 @@ def validate(options: SearchOptions, progress: Callable[[int, int], None] | None
         raise UsageError(str(error)) from None
     study_settings = {
         "budget_macs": o.budget.macs, "dataset": o.dataset, "dataset_fingerprint": data.fingerprint,
+        "image_size": list(data.resolution),
         "space": space.name, "space_digest": space.digest, "epochs": o.epochs, "batch_size": batch_size,
         "seed": o.seed, "teacher": teacher.reference, "precision": o.precision, "backend": o.backend,
         "rungs": o.rungs, "eta": o.eta, "max_params": o.max_params, "max_activation_bytes": o.max_activation_bytes,
@@ -218,20 +223,20 @@ def check_flags(o: SearchOptions) -> None:
         raise UsageError("--experiment is empty: pass an experiment name, or leave the flag out for the default")
 
 
-def check_output_folder(output: Path, flag: str = "--output") -> None:
+def check_output_folder(output: Path, flag: str = "--output", fix: str = "pass a writable --output") -> None:
     """``output`` must be a folder this process can write, or be creatable; checked without writing."""
     if output.exists() and not output.is_dir():
-        raise UsageError(f"{flag} {output} is a file, not a folder: pass a folder")
+        raise UsageError(f"{flag} {output} is a file, not a folder: {fix}")
     folder = output
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
-        raise UsageError(f"{flag} {output}: {folder} is a file, not a folder: pass another --output")
+        raise UsageError(f"{flag} {output}: {folder} is a file, not a folder: {fix}")
     try:  # access() misses read-only mounts for root: try a temporary file, removed at once
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise UsageError(f"{flag} {output} cannot be written ({folder}: {error.strerror}): pass a writable --output") from None
+        raise UsageError(f"{flag} {output} cannot be written ({folder}: {error.strerror}): {fix}") from None
 
 
 def check_limits_reachable(o: SearchOptions, space: SearchSpace, context: TrialContext, cache_dir: Path) -> None:

@@ -20,6 +20,7 @@ import torch
 from rkd_search.trainer import DataError, ImageDataset, ModelSpec, TrainConfig, load_dataset
 
 from . import names
+from .budget import parse_image_size
 from .errors import UsageError
 from .pareto import compute_front
 from .records import TrialRecord, TrialState
@@ -133,8 +134,10 @@ def dataset_of(tracker: Tracker, search, data_dir: str | None, cache_dir, why: s
     params = search.data.params
     where = data_dir or params.get("data_dir") or None
     try:
+        size = parse_image_size(params["dataset.image_size"]) if params.get("dataset") == "imagefolder" and \
+            params.get("dataset.image_size") else None
         data = load_dataset(params["dataset"], where, seed=int(params.get("seed", 0)), cache_dir=cache_dir,
-                            val_fraction=float(params.get("dataset.val_fraction", 0.1)))
+                            val_fraction=float(params.get("dataset.val_fraction", 0.1)), image_size=size)
     except DataError as error:
         raise UsageError(f"{why} needs the search's dataset (pass --data-dir DIR if it moved): {error}") from None
     if data.fingerprint != params.get("dataset.fingerprint"):

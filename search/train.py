@@ -48,7 +48,7 @@ from . import names
 from .errors import UsageError
 from .export import int8_accuracy
 from .records import TrialState
-from .report import Progress
+from .report import EpochBar, Progress
 from .setup import check_output_folder
 from .stopping import stop_on_signals
 from .students import StoredStudent, best_student, dataset_of, get_run, load_student, search_of
@@ -217,11 +217,10 @@ def _train(o: TrainOptions, tracker: Tracker, student: StoredStudent, search, da
     deadline = time.monotonic() + o.timeout if o.timeout else None
     progress = Progress(o.progress)
     start = resume.epoch if resume is not None else 0
+    bar = EpochBar(progress, o.epochs, f"train {student.name}")
     if resume is not None:
+        bar.resumed(start)
         progress.write(f"resuming {student.name} at epoch {start} of {o.epochs} from {folder / CHECKPOINT}")
-    bar = progress.bar_for(o.epochs, start, f"train {student.name}", "epoch")
-    if bar is not None:
-        bar.smoothing = 0  # the average rate since this process started: a true ETA from the first epoch on
 
     def save(state: TrainState) -> None:
         state.save(folder / CHECKPOINT)
@@ -229,15 +228,9 @@ def _train(o: TrainOptions, tracker: Tracker, student: StoredStudent, search, da
 
     def report(epoch: EpochReport) -> None:  # after the epoch's checkpoint: a stop here loses nothing
         tracker.log_epoch(run_id, epoch)
-        if bar is not None:
-            bar.update(epoch.epoch - bar.n)
-            bar.set_postfix({"val_acc": f"{epoch.val_acc:.3f}"} if math.isfinite(epoch.val_acc) else {}, refresh=True)
+        bar.epoch(epoch.epoch, epoch.val_acc)
         if deadline is not None and time.monotonic() > deadline and epoch.epoch < o.epochs:
             raise _OutOfTime()
-
-    def batches(done: int, total: int) -> None:
-        if bar is not None:  # update() redraws at most every 0.1 s
-            bar.update(training.epochs_done + done / total - bar.n)
 
     training.epochs_done = start
     if resume is not None and resume.history and tracker.last_step(run_id, "epoch.train_loss") < start:
@@ -245,10 +238,9 @@ def _train(o: TrainOptions, tracker: Tracker, student: StoredStudent, search, da
     with stop_on_signals():
         try:
             result = fit(config, data, teacher=teacher.model, report=report, device=o.device, resume=resume, checkpoint=save,
-                         batch_progress=batches)
+                         batch_progress=bar.batch)
         except (KeyboardInterrupt, _OutOfTime) as stop:
-            progress.bar = bar
-            progress.close()
+            bar.close()
             why = "--timeout" if isinstance(stop, _OutOfTime) else getattr(stop, "reason", "interrupted (Ctrl-C)")
             tracker.set_tags(run_id, {names.STATE: TrialState.PAUSED, names.EPOCHS: training.epochs_done})
             tracker.set_status(run_id, "KILLED")
@@ -258,13 +250,11 @@ def _train(o: TrainOptions, tracker: Tracker, student: StoredStudent, search, da
                 return training
             raise
         except BaseException as error:
-            progress.bar = bar
-            progress.close()
+            bar.close()
             tracker.set_tags(run_id, {names.STATE: TrialState.FAILED, names.ERROR: f"{type(error).__name__}: {error}"[:5000]})
             tracker.set_status(run_id, "FAILED")
             raise
-    progress.bar = bar
-    progress.close()
+    bar.close()
     _record(o, tracker, training, result, data, search, config)
     return training
 

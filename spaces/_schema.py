@@ -44,7 +44,7 @@ class Range(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Range":
-        if not self.low < self.high:
+        if not self.low <= self.high:  # equal: one value (``width: 0.5`` is read as that)
             raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
@@ -155,6 +155,18 @@ class StudentSpace(BaseModel):
     expansion: list[float] | float = 6.0
     kernel: list[int] | int = 3
     budget_aware: bool = True
+
+    @field_validator("width", mode="before")
+    @classmethod
+    def _fixed_width(cls, value: Any) -> Any:
+        """``width: 0.5`` fixes the width: a grid of that one width."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not value > 0:
+                raise ValueError(f"must be positive, got {value}")
+            return {"low": float(value), "high": float(value), "step": 0.0625}
+        if not isinstance(value, (dict, Range)):
+            raise ValueError(f"write one width (0.5) or a range {{low: 0.25, high: 2.0, step: 0.0625}}, got {value!r}")
+        return value
 
     @property
     def families(self) -> list[str]:

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from rkd_search.trainer import LossConfig, ModelSpec, OpsCount, TrainConfig, count_spec_ops
 from rkd_search.trainer.models import FAMILIES
-from rkd_search.trainer.ops import int8_flash_bytes, int8_sram_bytes, peak_activation_bytes
+from rkd_search.trainer.ops import Resolution, int8_flash_bytes, int8_sram_bytes, peak_activation_bytes
 
 from ._schema import Param, Range, SpaceFile
 
@@ -52,7 +52,8 @@ class TrialContext:
     budget_macs: float
     in_channels: int
     num_classes: int
-    resolution: int
+    resolution: Resolution
+    """The input's (height, width), or one number for square images: costs are counted at it."""
     epochs: int
     batch_size: int = 128
     seed: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -74,6 +75,10 @@ class LossConfig:
             raise ValueError(f"loss.power must be at least 1, got {self.power}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"loss.k must be at least 1 (or None for dense), got {self.k}")
+        for name in ("ce_weight", "kd_weight", "temperature", "graph_weight", "bandwidth", "rkd_distance_weight", "rkd_angle_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"loss.{name} must be a finite number, got {value!r}")
         if self.temperature <= 0 or self.bandwidth <= 0:
             raise ValueError("loss.temperature and loss.bandwidth must be positive")
         weights = (self.ce_weight, self.kd_weight, self.graph_weight, self.rkd_distance_weight, self.rkd_angle_weight)
@@ -112,11 +117,23 @@ class TrainConfig:
     seed: int = 0
     precision: Precision = "auto"
     compile: Compile = "auto"
-    """The training step (student forward, losses, backward) through ``torch.compile``: ``auto``
-    on CUDA only. On the CPU a compiled step was faster (0.80 of eager's time for WRN-28-0.5) but a
-    cold compile took longer than a 15-epoch trial on 5,000 images saves (``bench/trial_cost.py``)."""
+    """The training step (student forward, losses, backward) through ``torch.compile``: ``on`` only;
+    ``auto`` stays eager until a measurement shows compiling equal and faster. On the CPU a compiled
+    step was faster (0.80 of eager's time for WRN-28-0.5) but a cold compile took longer than a
+    15-epoch trial on 5,000 images saves (``bench/trial_cost.py``); on a GPU none is measured yet. A
+    step whose compilation fails trains eagerly (``TrainResult.compile_fallback`` says why)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.student, str):  # a model name, as build_model takes it: "wrn10_0.25", "mbv2-2-3-3_0.5_e6k3"
+            object.__setattr__(self, "student", ModelSpec.parse(self.student))
+        if not isinstance(self.student, ModelSpec):
+            raise TypeError(f"student must be a ModelSpec or a model name such as 'wrn16_1', got {type(self.student).__name__}")
+        if not isinstance(self.loss, LossConfig):
+            raise TypeError(f"loss must be a LossConfig, got {type(self.loss).__name__}")
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"optim.{name} must be a finite number, got {value!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be >= 1 and batch_size >= 2")
         if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
@@ -220,6 +237,8 @@ class TrainResult:
     compile_seconds: float = 0.0
     """Seconds the first compiled steps took beyond an eager step (0 when not compiled); part of
     ``train_seconds``."""
+    compile_fallback: str = ""
+    """Why the compiled step went back to eager (its compilation failed); empty otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the weights, as JSON-ready primitives (the weights travel as a tensor file)."""

@@ -22,15 +22,11 @@ from torch import Tensor
 
 from .defaults import BATCH_SIZE, SMALL_BATCH_SIZE, VAL_FRACTION
 from .files import atomic_torch_save
+from .imagefolder import DataError, Size, load_imagefolder
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
-
-class DataError(ValueError):
-    """A dataset cannot be found or read; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +56,8 @@ class ImageDataset:
     """The paper's 128, or smaller for a tiny dataset (digits) so that short runs still take enough steps."""
     val_source: str = ""
     """Where the validation images come from: the data's own ``val/`` folder, or a share of ``train/``."""
+    note: str = ""
+    """How the images were read, when that needs saying (their sizes, and what they were resized to)."""
 
     @property
     def num_classes(self) -> int:
@@ -70,8 +68,9 @@ class ImageDataset:
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
 
     @property
-    def resolution(self) -> int:
-        return int(self.train_images.shape[-1])
+    def resolution(self) -> tuple[int, int]:
+        """The images' (height, width): every cost (MACs, memory, latency) is counted at it."""
+        return int(self.train_images.shape[-2]), int(self.train_images.shape[-1])
 
     @property
     def fingerprint(self) -> str:
@@ -99,7 +98,8 @@ class ImageDataset:
         fields = {name: getattr(self, name) for name in _TENSORS}
         meta = {"name": self.name, "classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
                 "crop_padding": self.augmentation.crop_padding, "flip": self.augmentation.flip,
-                "default_batch_size": self.default_batch_size, "val_source": self.val_source, "fingerprint": self.fingerprint}
+                "default_batch_size": self.default_batch_size, "val_source": self.val_source, "note": self.note,
+                "fingerprint": self.fingerprint}
         return atomic_torch_save({"format": "rkd-search/dataset-v1", "meta": meta,
                                   **{k: v.cpu().contiguous() for k, v in fields.items()}}, path)
 
@@ -112,7 +112,7 @@ class ImageDataset:
         meta = stored["meta"]
         dataset = cls(meta["name"], list(meta["classes"]), *(stored[name] for name in _TENSORS), tuple(meta["mean"]),
                       tuple(meta["std"]), Augmentation(meta["crop_padding"], meta["flip"]), meta["default_batch_size"],
-                      meta["val_source"])
+                      meta["val_source"], meta.get("note", ""))
         dataset._fingerprint = meta["fingerprint"]
         return dataset
 
@@ -129,6 +129,7 @@ def load_dataset(
     cache_dir: str | os.PathLike | None = None,
     download: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    image_size: Size | None = None,
 ) -> ImageDataset:
     """Load ``name`` (one of ``DATASETS``) into memory with its validation split.
 
@@ -137,13 +138,16 @@ def load_dataset(
     ``data_dir`` defaults to ``$RKD_DATA_DIR``, and for CIFAR to ``CACHE/data/NAME``, where it is
     downloaded when the network allows. ImageFolder trees are decoded once and cached as tensors
     under ``cache_dir`` (default ``$RKD_CACHE_DIR`` or ``~/.cache/rkd-search``); ``progress(done,
-    total)`` is called while images are decoded.
+    total)`` is called while images are decoded. ``image_size`` (height, width) is the size an
+    ImageFolder tree's images are resized to (default: their most common size; see ``imagefolder``).
     """
     if data_dir is None and os.environ.get("RKD_DATA_DIR"):
         data_dir = os.environ["RKD_DATA_DIR"]
     if not 0 < val_fraction < 1:
         raise DataError(f"the validation fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    augmentation, batch_size, val = Augmentation(), BATCH_SIZE, None
+    augmentation, batch_size, val, note = Augmentation(), BATCH_SIZE, None, ""
+    if image_size is not None and name != "imagefolder":
+        raise DataError(f"an image size is for --dataset imagefolder; {name} has its own")
     if name in ("cifar10", "cifar100"):
         if data_dir is None:
             data_dir = default_data_dir(name, cache_dir)
@@ -151,14 +155,17 @@ def load_dataset(
     elif name == "imagefolder":
         if data_dir is None:
             raise DataError("--dataset imagefolder needs --data-dir (or RKD_DATA_DIR) pointing at a folder with train/ and test/")
-        train, val, test, classes = _load_imagefolder(Path(data_dir), Path(cache_dir) if cache_dir else default_cache_dir(), progress)
+        train, val, test, classes, note = load_imagefolder(Path(data_dir), Path(cache_dir) if cache_dir else default_cache_dir(),
+                                                           progress, image_size)
     elif name == "digits":
         train, test, classes = _load_digits()
         augmentation, batch_size = Augmentation(crop_padding=4, flip=False), SMALL_BATCH_SIZE
     else:
         raise DataError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    return dataset_from_tensors(name, train, test, classes, val_fraction=val_fraction, seed=seed,
+    data = dataset_from_tensors(name, train, test, classes, val_fraction=val_fraction, seed=seed,
                                 augmentation=augmentation, batch_size=batch_size, val=val)
+    data.note = note
+    return data
 
 
 def dataset_from_tensors(
@@ -176,6 +183,8 @@ def dataset_from_tensors(
     """An ``ImageDataset`` from uint8 (N, C, H, W) images and int64 labels. The validation split is
     ``val`` when given, else carved from ``train`` (stratified, seeded); the normalisation is
     measured on the training images."""
+    if len(classes) < 2:
+        raise DataError(f"{name} has {len(classes)} class{'es' if len(classes) != 1 else ''}: a classifier needs at least two")
     if val is not None:
         (train_x, train_y), (val_x, val_y) = train, val
         source = "val/ folder"
@@ -239,94 +248,6 @@ def _load_cifar(name: str, data_dir, download: bool):
         return images, torch.tensor(split.targets, dtype=torch.int64)
 
     return tensors(train), tensors(test), list(train.classes)
-
-
-def _folder_signature(root: Path) -> tuple[list[Path], str]:
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    digest = hashlib.sha256(str(root.resolve()).encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return files, digest.hexdigest()[:16]
-
-
-def _load_imagefolder(root: Path, cache_dir: Path, progress: Callable[[int, int], None] | None = None):
-    """(train, val or None, test, classes) of an ImageFolder tree, decoded once and cached."""
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise DataError(f"{root / split} is not a folder: --data-dir must hold train/<class>/*.png and test/<class>/*.png")
-    splits_present = ["train", "test"] + (["val"] if (root / "val").is_dir() else [])
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{root / 'train'} has no class folders: expected train/<class>/<image>")
-    for split in splits_present[1:]:
-        split_classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
-        if split_classes != classes:
-            missing = sorted(set(classes) - set(split_classes)) or sorted(set(split_classes) - set(classes))
-            raise DataError(f"{root}: {split}/ and train/ hold different class folders ({', '.join(missing[:5])}); make them the same")
-    files, signature = _folder_signature(root)
-    by_folder: dict[tuple[str, str], list[Path]] = {(split, name): [] for split in splits_present for name in classes}
-    for path in files:
-        parts = path.relative_to(root).parts
-        if len(parts) == 3 and (parts[0], parts[1]) in by_folder:
-            by_folder[(parts[0], parts[1])].append(path)
-    for split in splits_present:
-        empty = [name for name in classes if not by_folder[(split, name)]]
-        if empty:
-            raise DataError(f"{root / split / empty[0]} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): add images of "
-                            f"class {empty[0]!r} or remove its folder from every split")
-    cache = cache_dir / "datasets" / f"imagefolder-{signature}.pt"
-    if cache.exists():
-        try:
-            stored = torch.load(cache, weights_only=True)
-            log.info("loaded %s from cache %s", root, cache)
-            val = (stored["val_x"], stored["val_y"]) if "val_x" in stored else None
-            return (stored["train_x"], stored["train_y"]), val, (stored["test_x"], stored["test_y"]), stored["classes"]
-        except Exception:
-            log.warning("ignoring unreadable dataset cache %s", cache)
-    index = {name: i for i, name in enumerate(classes)}
-    total = sum(len(paths) for paths in by_folder.values())
-    decoded = [0]
-
-    def count(done: int) -> None:
-        decoded[0] += done
-        if progress is not None:
-            progress(decoded[0], total)
-
-    splits = {split: _decode_images([p for name in classes for p in by_folder[(split, name)]], index, count)
-              for split in splits_present}
-    sizes = {tuple(x.shape[1:]) for x, _ in splits.values()}
-    if len(sizes) != 1:
-        raise DataError(f"{root}: the splits' images differ in size {sorted(sizes)}; resize them to one size")
-    content = {"train_x": splits["train"][0], "train_y": splits["train"][1], "test_x": splits["test"][0],
-               "test_y": splits["test"][1], "classes": classes}
-    if "val" in splits:
-        content.update(val_x=splits["val"][0], val_y=splits["val"][1])
-    atomic_torch_save(content, cache)
-    log.info("decoded %d images from %s, cached at %s", total, root, cache)
-    return splits["train"], splits.get("val"), splits["test"], classes
-
-
-def _decode_images(paths: list[Path], index: dict[str, int], count: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    images, labels = [], []
-    size = None
-    for number, path in enumerate(paths, start=1):
-        try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        except Exception as error:
-            raise DataError(f"cannot decode {path} ({error}); remove or replace it") from None
-        if size is None:
-            size = image.shape[1:]
-        if image.shape[1:] != size:
-            image = F.interpolate(image[None].float(), size=tuple(size), mode="bilinear", antialias=True)[0]
-            image = image.round().clamp(0, 255).to(torch.uint8)
-        images.append(image)
-        labels.append(index[path.parent.name])
-        if count is not None and (number % 500 == 0 or number == len(paths)):
-            count(500 if number % 500 == 0 else number % 500)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
 def _load_digits(resolution: int = 32):

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import default_cache_dir
+from .ops import Resolution, input_hw
 from .files import atomic_write, atomic_write_text
 from .models import ModelSpec, build_model
 
@@ -132,15 +133,16 @@ class LatencyCache:
         except (OSError, ValueError):
             return {}
 
-    def __call__(self, spec: ModelSpec, resolution: int = 32) -> float:
-        key = f"{spec.name}|{spec.in_channels}x{resolution}x{resolution}|{spec.num_classes}"
+    def __call__(self, spec: ModelSpec, resolution: Resolution = 32) -> float:
+        height, width = input_hw(resolution)
+        key = f"{spec.name}|{spec.in_channels}x{height}x{width}|{spec.num_classes}"
         if key in self.memory:
             return self.memory[key]
         stored = self._read().get(self.machine, {})
         if key not in stored:
             with torch.device("cpu"):
                 model = build_model(spec)
-            shape = (spec.in_channels, resolution, resolution)
+            shape = (spec.in_channels, height, width)
             with tempfile.TemporaryDirectory() as folder:
                 stored[key] = _median_latency_ms(export_onnx(model, shape, Path(folder) / "m.onnx"), shape,
                                                  self.threads, self.warmup, self.runs)

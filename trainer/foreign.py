@@ -329,7 +329,7 @@ def default_preprocessing(model: nn.Module, source: str, resolution: int) -> Pre
 
 def parse_preprocessing(size: int | None, normalization: str | None, model: nn.Module, source: str, data) -> Preprocessing:
     """``--teacher-size`` and ``--teacher-norm imagenet|data|M1,M2,M3/S1,S2,S3`` over the defaults."""
-    default = default_preprocessing(model, source, data.resolution)
+    default = default_preprocessing(model, source, max(data.resolution))
     mean, std = default.mean, default.std
     if normalization:
         if normalization == "imagenet":
@@ -364,7 +364,10 @@ def foreign_teacher(reference: str, data, *, taps: str | None = None, size: int 
     except Exception as error:
         raise TeacherError(f"teacher {name} cannot run on {channels}-channel {preprocessing.size}x{preprocessing.size} images "
                            f"({str(error).splitlines()[0][:160]}): pass a teacher made for this data, or --teacher-size") from None
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] != data.num_classes:
+    if not isinstance(logits, Tensor):
+        raise TeacherError(f"teacher {name} returns a {type(logits).__name__}, not a tensor of logits: save a module whose "
+                           "forward returns the logits alone, (N, classes)")
+    if logits.dim() != 2 or logits.shape[1] != data.num_classes:
         found = logits.shape[1] if isinstance(logits, Tensor) and logits.dim() == 2 else "no"
         raise TeacherError(f"teacher {name} predicts {found} classes but {data.name} has {data.num_classes}; "
                            "pass a teacher trained on this dataset")

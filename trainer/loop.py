@@ -13,6 +13,7 @@ a diverged student fails instead of being reported at chance accuracy.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -29,6 +30,8 @@ from .losses import gram_matrix, graph_rkd_loss, hinton_kd_loss, rkd_angle_loss,
 from .models import build_model
 from .ops import count_spec_ops
 from .targets import LiveTeacher, TeacherSignals, TeacherTargets
+
+log = logging.getLogger(__name__)
 
 Report = Callable[[EpochReport], "bool | None"]
 
@@ -147,6 +150,9 @@ def fit(
     if not (start_epoch < until <= config.epochs or start_epoch == until == config.epochs):
         raise ValueError(f"cannot train from epoch {start_epoch} to epoch {until} of {config.epochs}")
 
+    if teacher is not None and not isinstance(teacher, nn.Module) and not hasattr(teacher, "batch"):
+        raise TypeError(f"teacher must be a model (nn.Module) or TeacherTargets, got {type(teacher).__name__} {teacher!r}; "
+                        "for an architecture name, train or load it first: prepare_teacher(name, data).model")
     signals: TeacherSignals | None
     if isinstance(teacher, nn.Module):
         signals = LiveTeacher(teacher, config.precision, device, data.input_shape)
@@ -241,7 +247,7 @@ def fit(
     train_seconds = previous_seconds + time.perf_counter() - started
 
     weights = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
-    common = dict(compile_seconds=step_loss.compile_seconds, spec=spec, val_acc=history[-1].val_acc, macs=ops.macs, flops=ops.flops, params=ops.params,
+    common = dict(compile_seconds=step_loss.compile_seconds, compile_fallback=step_loss.fallback, spec=spec, val_acc=history[-1].val_acc, macs=ops.macs, flops=ops.flops, params=ops.params,
                   train_seconds=train_seconds, epochs_done=len(history), epochs_planned=config.epochs,
                   stopped_early=stopped_early, input_shape=data.input_shape, history=history, state_dict=weights)
     if len(history) < config.epochs and not stopped_early:  # paused: continue later from ``state``
@@ -262,7 +268,14 @@ def fit(
 
 
 def _compiles(mode: str, device: torch.device) -> bool:
-    return mode == "on" or (mode == "auto" and device.type == "cuda")
+    """Only when asked (``on``): ``auto`` keeps the step eager on every device until a measurement
+    shows the compiled step at least as accurate and faster there. On the CPU it was not worth its
+    compile time (``bench/trial_cost.py``); no compiled step has been measured on a GPU yet."""
+    return mode == "on"
+
+
+COMPILE_BACKEND = "inductor"
+"""``torch.compile``'s back-end for the training step (the tests put a failing one here)."""
 
 
 _COMPILED_FOR: list = []  # what the Dynamo cache of this process was filled for (at most one key)
@@ -295,11 +308,25 @@ class _StepLoss:
 
     def __init__(self, function: Callable, compiled: bool) -> None:
         self.compiled = compiled
-        self.function = torch.compile(function, dynamic=False) if compiled else function
+        self.eager = function
+        self.function = torch.compile(function, dynamic=False, backend=COMPILE_BACKEND) if compiled else function
         self.step_seconds: list[float] = []
+        self.fallback = ""
+        """Why the step went back to eager (its compilation failed); empty while it has not."""
 
     def __call__(self, *args) -> tuple[Tensor, dict[str, Tensor]]:
-        total, parts = self.function(*args)
+        try:
+            total, parts = self.function(*args)
+        except Exception as error:
+            if not self.compiled or not type(error).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            # a compiler failure (Dynamo, Inductor, a back-end) must not cost the trial: it trains eagerly
+            inner = getattr(error, "inner_exception", None) or error.__cause__
+            why = f"{type(inner).__name__}: {inner}" if inner is not None else str(error)
+            self.fallback = f"{type(error).__name__} ({' '.join(why.split())[:300]})"
+            log.warning("the compiled training step failed (%s); this student trains eagerly", self.fallback)
+            self.compiled, self.function = False, self.eager
+            total, parts = self.function(*args)
         return total, {name: value.detach() for name, value in parts.items()}
 
     @property

@@ -15,6 +15,7 @@ import logging
 import operator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Tuple, Union
 
 import torch
 from torch import nn
@@ -48,10 +49,26 @@ SMALL_MODEL_PARAMS = 2_000_000
 its BatchNorm runs through Python decompositions); above it, building the model costs more."""
 
 
+Resolution = Union[int, Tuple[int, int]]
+"""An input size: (height, width) in pixels, or one number for a square image."""
+
+
+def input_hw(resolution: Resolution) -> tuple[int, int]:
+    """(height, width) of ``resolution``: every cost is counted at the data's real shape."""
+    if isinstance(resolution, int):
+        return resolution, resolution
+    height, width = resolution
+    return int(height), int(width)
+
+
+def count_spec_ops(spec: ModelSpec, resolution: Resolution) -> OpsCount:
+    """``count_ops`` for a spec at an input of ``resolution`` (height, width), memoised (specs are hashable)."""
+    return _count_spec_ops(spec, input_hw(resolution))
+
+
 @lru_cache(maxsize=4096)
-def count_spec_ops(spec: ModelSpec, resolution: int) -> OpsCount:
-    """``count_ops`` for a spec at a square input resolution, memoised (specs are hashable)."""
-    return _count(_model_to_measure(spec), (spec.in_channels, resolution, resolution), layer_flops=True)
+def _count_spec_ops(spec: ModelSpec, hw: tuple[int, int]) -> OpsCount:
+    return _count(_model_to_measure(spec), (spec.in_channels, *hw), layer_flops=True)
 
 
 def _model_to_measure(spec: ModelSpec) -> nn.Module:
@@ -140,7 +157,7 @@ BYTES_PER_ACTIVATION = 4
 an int8 deployment needs a quarter of it."""
 
 
-def peak_activation_bytes(spec: ModelSpec, resolution: int, bytes_per_element: int = BYTES_PER_ACTIVATION) -> int:
+def peak_activation_bytes(spec: ModelSpec, resolution: Resolution, bytes_per_element: int = BYTES_PER_ACTIVATION) -> int:
     """Peak bytes of activations alive at once in a batch-1 forward pass (as MCUNet and uNAS count).
 
     The forward pass is traced (torch.fx) and walked in execution order. At every operation that
@@ -150,11 +167,11 @@ def peak_activation_bytes(spec: ModelSpec, resolution: int, bytes_per_element: i
     reshapes write no buffer of their own (folded, fused or views), and a residual addition writes
     in place into an operand that is not read again.
     """
-    return _peak_activation_elements(spec, resolution) * bytes_per_element
+    return _peak_activation_elements(spec, input_hw(resolution)) * bytes_per_element
 
 
 @lru_cache(maxsize=4096)
-def _peak_activation_elements(spec: ModelSpec, resolution: int) -> int:
+def _peak_activation_elements(spec: ModelSpec, hw: tuple[int, int]) -> int:
     """The liveness walk of ``peak_activation_bytes``, in elements (every precision scales it alike)."""
     from torch.fx import symbolic_trace
     from torch.fx.passes.shape_prop import ShapeProp
@@ -162,7 +179,7 @@ def _peak_activation_elements(spec: ModelSpec, resolution: int) -> int:
     model = _model_to_measure(spec)
     graph = symbolic_trace(model)
     with torch.no_grad():
-        ShapeProp(graph).propagate(torch.zeros(1, spec.in_channels, resolution, resolution, device=next(model.parameters()).device))
+        ShapeProp(graph).propagate(torch.zeros(1, spec.in_channels, *hw, device=next(model.parameters()).device))
     nodes = [n for n in graph.graph.nodes]
     index = {node: i for i, node in enumerate(nodes)}
     modules = dict(graph.named_modules())
@@ -233,7 +250,7 @@ def int8_flash_bytes(spec: ModelSpec) -> int:
     return int(total)
 
 
-def int8_sram_bytes(spec: ModelSpec, resolution: int) -> int:
+def int8_sram_bytes(spec: ModelSpec, resolution: Resolution) -> int:
     """Peak bytes of int8 activations alive at once in a batch-1 forward pass (the input and the
     output included): ``peak_activation_bytes`` at one byte per element. TFLite Micro's tensor
     arena adds scratch buffers of some kernels and alignment padding, which are not counted."""

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .checkpoint import TeacherError, check_teacher_fits, is_own_checkpoint, load_checkpoint, save_checkpoint, weights_digest
-from .config import EpochReport, LossConfig, TrainConfig
+from .config import EpochReport, LossConfig, TrainConfig, TrainState
 from .data import ImageDataset, default_cache_dir
 from .defaults import TEACHER, TEACHER_EPOCHS
 from .loop import fit
@@ -71,6 +71,12 @@ def find_teacher(reference: str, data: ImageDataset, *, epochs: int = TEACHER_EP
     Raises ``TeacherError`` with what to do when the file is missing, unreadable, unsafe or made
     for other data, the architecture is unknown, or the taps cannot be found. Nothing is trained or written.
     """
+    if not reference.strip():
+        raise TeacherError("--teacher is empty: pass an architecture such as wrn28_1 (the default), a checkpoint file, "
+                           "or torchvision:NAME=WEIGHTS")
+    if Path(reference).is_dir():
+        raise TeacherError(f"--teacher {reference} is a folder: pass the teacher's file (a checkpoint, a TorchScript or "
+                           "state_dict file) or an architecture such as wrn28_1")
     foreign = parse_reference(reference) is not None
     looks_like_file = reference.endswith(CHECKPOINT_SUFFIXES + (".ts", ".jit")) or "/" in reference or Path(reference).exists()
     own_options = taps is None and size is None and normalization is None
@@ -104,16 +110,18 @@ def prepare_teacher(
     device: str | torch.device | None = None,
     report: Callable[[EpochReport], bool | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    resumed: Callable[[int, Path], None] | None = None,
 ) -> Teacher:
     """The teacher of a search in one call: loaded, or trained once and cached, then hashed and counted.
-    ``report`` receives each training epoch's report, ``progress`` the batches within it."""
+    ``report`` receives each training epoch's report, ``progress`` the batches within it, ``resumed``
+    the epoch and checkpoint a stopped training continues from."""
     if isinstance(source, str):
         source = find_teacher(source, data, epochs=epochs, seed=seed)
     if source.model is not None:
         model, spec, meta, checkpoint = source.model, source.spec, source.meta, source.checkpoint
     else:
         model, spec, meta, checkpoint = train_teacher(data, source.spec, epochs=epochs, seed=seed, cache_dir=cache_dir,
-                                                      device=device, report=report, progress=progress)
+                                                      device=device, report=report, progress=progress, resumed=resumed)
     digest = weights_digest(model)
     if spec is not None:
         ops = count_spec_ops(spec, data.resolution)
@@ -139,10 +147,14 @@ def train_teacher(
     report: Callable[[EpochReport], bool | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     compile: str = "auto",
+    resumed: Callable[[int, Path], None] | None = None,
 ) -> tuple[nn.Module, ModelSpec, dict[str, Any], Path]:
     """Train a teacher with cross-entropy, or load it if this (dataset, architecture, epochs, seed) was trained before.
 
-    ``compile`` is ``TrainConfig.compile`` (the training step through torch.compile; ``auto``: on CUDA)."""
+    Its training state is saved after every epoch beside the cached teacher (``*.partial.pt``): a
+    training stopped (Ctrl-C, kill -9) continues from there, to the weights an uninterrupted one
+    gives; ``resumed(epoch, path)`` is told first. ``compile`` is ``TrainConfig.compile`` (the
+    training step through torch.compile; ``auto``: on CUDA)."""
     if isinstance(spec, str):
         spec = ModelSpec.parse(spec)
     spec = spec.with_data(data.input_shape[0], data.num_classes)
@@ -155,7 +167,18 @@ def train_teacher(
         except TeacherError:
             log.warning("cached teacher %s is unreadable; training it again", path)
     config = TrainConfig(student=spec, loss=LossConfig(), epochs=epochs, seed=seed, batch_size=data.default_batch_size, compile=compile)
-    result = fit(config, data, report=report, device=device, batch_progress=progress)
+    partial = path.with_name(path.stem + ".partial.pt")
+    state = None
+    if partial.exists():
+        try:
+            state = TrainState.load(partial)
+        except ValueError as error:
+            log.warning("%s; training the teacher from the start", error)
+        else:
+            if resumed is not None:
+                resumed(state.epoch, partial)
+    result = fit(config, data, report=report, device=device, batch_progress=progress, resume=state,
+                 checkpoint=lambda s: s.save(partial))
     model = build_model(spec)
     model.load_state_dict(result.state_dict)
     meta = {
@@ -170,4 +193,5 @@ def train_teacher(
         "train_seconds": result.train_seconds,
     }
     save_checkpoint(model, spec, path, meta)
+    partial.unlink(missing_ok=True)
     return model.eval(), spec, meta, path

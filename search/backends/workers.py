@@ -37,6 +37,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -350,12 +351,25 @@ class WorkerPool:
             except (BrokenPipeError, OSError):  # died while waiting: replaced when needed
                 self.workers.remove(worker)
 
-    def _start(self, context=None) -> _Worker:
+    def _start(self, context=None, attempts: int = 3) -> _Worker:
+        """A new worker. A fork server killed while it forks one (as the out-of-memory killer may)
+        breaks that start (EOFError, a refused connection): Python's ``ensure_running`` starts a new
+        server on the next try."""
         context = context or self.context
-        here, there = context.Pipe()
-        parent = None if context.get_start_method() == "forkserver" else os.getpid()
-        process = context.Process(target=worker_main, args=(there, parent), daemon=True, name="rkd-search-worker")
-        process.start()
+        for attempt in range(1, attempts + 1):
+            here, there = context.Pipe()
+            parent = None if context.get_start_method() == "forkserver" else os.getpid()
+            process = context.Process(target=worker_main, args=(there, parent), daemon=True, name="rkd-search-worker")
+            try:
+                process.start()
+                break
+            except (EOFError, ConnectionError, OSError) as error:
+                here.close()
+                there.close()
+                if attempt == attempts:
+                    raise
+                log.warning("the worker fork server is gone (%s: %s); starting another", type(error).__name__, error)
+                time.sleep(0.5 * attempt)
         there.close()
         worker = _Worker(process, here)
         if self.files is not None:

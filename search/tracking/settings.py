@@ -89,6 +89,8 @@ def check_reachable(settings: TrackingSettings, create: bool = True) -> None:
         if not create and not path.is_file():
             raise UsageError(f"no MLflow store at {path}: pass the --tracking-uri the search used")
         _check_sqlite_writable(path)
+        if not create:
+            _check_mlflow_tables(path)
     elif uri.startswith("file:") or "://" not in uri:
         raise UsageError(f"tracking URI {uri} is a plain file store, which MLflow 3 refuses: use sqlite:///path/to/mlflow.db")
     elif uri.split("://")[0].split("+")[0] in _DATABASE_SCHEMES:
@@ -118,6 +120,22 @@ def _check_database(uri: str) -> None:
         raise UsageError(f"cannot connect to the tracking database ...@{shown} ({reason}): start it, or pass --tracking-uri sqlite:///mlflow.db") from None
     finally:
         engine.dispose()
+
+
+def _check_mlflow_tables(path: Path) -> None:
+    """A command that reads a store must find MLflow's tables there: MLflow itself would create (or
+    complete) them, writing its 65 tables into any SQLite file it is pointed at."""
+    from mlflow.store.db.base_sql_model import Base
+    from mlflow.store.tracking.dbmodels import models  # noqa: F401  (declares MLflow's tables on Base)
+
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        tables = {row[0] for row in connection.execute("select name from sqlite_master where type = 'table'")}
+    if "experiments" not in tables or "runs" not in tables:
+        raise UsageError(f"{path} is not an MLflow store (it holds no MLflow tables): pass the --tracking-uri the search used")
+    missing = sorted(set(Base.metadata.tables) - tables)
+    if missing:
+        raise UsageError(f"the MLflow store {path} was made by an older MLflow (it lacks {', '.join(missing[:3])}): upgrade it "
+                         f"with `mlflow db upgrade sqlite:///{path}`, then rerun")
 
 
 def _check_sqlite_writable(path: Path) -> None:

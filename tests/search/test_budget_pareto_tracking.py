@@ -104,3 +104,15 @@ def test_checking_a_new_sqlite_store_creates_nothing(tmp_path):
 
     check_reachable(TrackingSettings(f"sqlite:///{tmp_path}/new/dir/mlflow.db", "x"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_front_says_why():
+    from rkd_search.search.records import TrialRecord
+    from rkd_search.search.report import front_table
+
+    def record(number, state, epochs, learned):
+        return TrialRecord(f"r{number}", f"t{number}", number, state, True, epochs, 2, {"val_acc": 0.1, "macs": 1e6}, learned=learned)
+
+    at_chance = [record(0, "complete", 2, False), record(1, "complete", 2, False)]
+    assert "all 2 fully trained students scored no better than guessing" in front_table([], 100, at_chance)
+    assert "no feasible trial finished all its epochs" in front_table([], 100, [record(0, "pruned", 1, True)])

@@ -299,3 +299,25 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, monkeypatch,
     assert "Traceback" not in captured.err + captured.out
     after = {p for p in tmp_path.rglob("*") if "cache" not in p.parts}
     assert after == before, f"created {sorted(map(str, after - before))}"
+
+
+def test_a_reading_command_never_creates_or_migrates_a_store(tmp_path, monkeypatch, capsys):
+    """``pareto`` pointed at another application's SQLite file named mlflow.db: refused in one line, the
+    file left byte for byte as it was (MLflow would have added its 65 tables)."""
+    import hashlib
+    import sqlite3
+
+    from rkd_search.search.cli import main
+
+    path = tmp_path / "mlflow.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("create table notes (id integer primary key, text varchar)")
+        connection.execute("insert into notes (text) values ('mine')")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.chdir(tmp_path)
+    for command in (["pareto"], ["train", "--best"], ["export", "0123456789abcdef"]):
+        code = main([*command, "--tracking-uri", f"sqlite:///{path}"])
+        error = capsys.readouterr().err
+        assert code == 2 and "is not an MLflow store" in error, error
+        assert len(error.strip().splitlines()) == 1
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before

@@ -246,3 +246,32 @@ def test_int8_litert_students_run_by_the_interpreter_on_raw_images_keep_their_ac
         _, _, _, children = mlflow_runs(out)
         logged = next(c for c in children if c.info.run_id == chosen.info.run_id).data.metrics
         assert logged["litert_int8_test_acc"] == pytest.approx(accuracy, abs=1e-6) and "litert_test_acc" in logged
+
+
+@pytest.mark.slow
+def test_a_run_of_the_same_name_never_replaces_another_runs_export(digits_search, tmp_path):
+    """Two runs named alike (two searches, or two stores, each with a t000-...) exported into one
+    --output: both exports stay, the second beside the first; exporting the first again replaces its own."""
+    from mlflow import MlflowClient
+
+    out = digits_search.out
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    _, _, _, children = mlflow_runs(out)
+    complete = [c for c in children if c.data.tags["rkd.state"] == "complete"]
+    first, second = complete[0], complete[1]
+    export = lambda run: run_here("export", run.info.run_id, "--output", str(tmp_path), "--tracking-uri",  # noqa: E731
+                                  f"sqlite:///{out}/mlflow.db", cwd=digits_search.root)
+    assert export(first).returncode == 0
+    folder = tmp_path / "exports" / first.info.run_name
+    client.update_run(second.info.run_id, name=first.info.run_name)
+    try:
+        result = export(second)
+    finally:
+        client.update_run(second.info.run_id, name=second.info.run_name)
+    assert result.returncode == 0, result.stderr[-2000:]
+    beside = tmp_path / "exports" / f"{first.info.run_name}-{second.info.run_id[:8]}"
+    assert json.loads((folder / "student.json").read_text())["run_id"] == first.info.run_id
+    assert json.loads((beside / "student.json").read_text())["run_id"] == second.info.run_id
+    assert str(beside) in result.stdout
+    assert export(first).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == sorted([folder.name, beside.name])

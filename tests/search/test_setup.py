@@ -70,3 +70,39 @@ def test_a_rerun_with_other_flags_is_refused(tmp_path):
     assert validate(options(tmp_path)).study_settings == setup.study_settings
     with pytest.raises(UsageError, match="holds a search with epochs = 1, not 2"):
         validate(options(tmp_path, epochs=2))
+
+
+@pytest.mark.parametrize("family, depth", [("wrn", 10), ("resnet", 8), ("mbv2", 3)])
+def test_every_cost_is_counted_at_the_images_real_height_and_width(tmp_path, family, depth):
+    """Tall 64x32 images (height 64): a trial's MACs are thop's count on a (1, 3, 64, 32) input, and its
+    activation memory and SRAM lie between the 32x32 and 64x64 ones (they were counted at 32x32)."""
+    import thop
+    import torch
+    from optuna.trial import FixedTrial
+    from PIL import Image
+
+    from rkd_search.trainer import build_model
+    from rkd_search.trainer.ops import int8_sram_bytes, peak_activation_bytes
+
+    for split in ("train", "test"):
+        for index, name in enumerate(("a", "b")):
+            (tmp_path / "tall" / split / name).mkdir(parents=True)
+            for number in range(6):
+                Image.new("RGB", (32, 64), (40 * index + number, 90, 200)).save(tmp_path / "tall" / split / name / f"{number}.png")
+    setup = validate(options(tmp_path, dataset="imagefolder", data_dir=str(tmp_path / "tall"), budget=parse_budget("200MFLOPs"),
+                             batch_size=4))
+    assert setup.data.resolution == (64, 32) and setup.context.resolution == (64, 32)
+    space = load_space("default")
+    fixed = {"student.family": family, "student.width_fill": 0.0, "loss.graph_weight": 1.0, "loss.kd_weight": 0.0,
+             "graph.similarity": "cosine", "graph.k": 128, "graph.layers": "1,2,3", "optim.lr": 0.1, "optim.weight_decay": 5e-4,
+             "optim.schedule": "cosine"}
+    if family == "mbv2":
+        fixed.update({f"student.mbv2.depth.{i}": 1 for i in (1, 2, 3)} | {"student.mbv2.expansion": 2, "student.mbv2.kernel": 3})
+    else:
+        fixed[f"student.{family}.depth"] = depth
+    plan = space.suggest(FixedTrial(fixed), setup.context)
+    spec = plan.config.student
+    macs, _ = thop.profile(build_model(spec).eval(), inputs=(torch.zeros(1, 3, 64, 32),), verbose=False)
+    assert plan.ops.macs == int(macs)
+    assert peak_activation_bytes(spec, 32) < plan.activation_bytes < peak_activation_bytes(spec, 64)
+    assert int8_sram_bytes(spec, 32) < plan.measures["sram_bytes"] < int8_sram_bytes(spec, 64)

@@ -48,11 +48,20 @@ def test_builtin_spaces_load_by_name():
         (MINIMAL + "enqueue:\n  - {family: wrn, depth: 16, width: 0.5, budget_share: 0.5}\n", "budget_share 0.5 needs width: max"),
         (MINIMAL + "enqueue:\n  - {family: wrn, depth: 16, width: max, budget_share: 0}\n", "budget_share.*greater than 0"),
         (MINIMAL + "graph:\n  gaussian_weight: 1.0\nloss:\n  graph_weight: [0.0, 25.0]\n", "gaussian_weight needs a loss.graph_weight above 0"),
+        (MINIMAL.replace("{low: 0.25, high: 1.0, step: 0.125}", "wide"), "student.width: write one width .* or a range"),
+        (MINIMAL.replace("{low: 0.25, high: 1.0, step: 0.125}", "-0.5"), "student.width: must be positive"),
     ],
 )
 def test_invalid_spaces_name_the_bad_key(tmp_path, edit, message):
     with pytest.raises(SpaceError, match=message):
         load_space(write(tmp_path, edit))
+
+
+def test_a_fixed_width_is_a_grid_of_that_one_width(tmp_path):
+    space = load_space(write(tmp_path, MINIMAL.replace("{low: 0.25, high: 1.0, step: 0.125}", "0.5")))
+    assert space.width_grid() == [0.5]
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    assert space.suggest(trial, CONTEXT).config.student.width == 0.5
 
 
 def test_missing_space_file_and_unknown_name(tmp_path):

@@ -67,7 +67,7 @@ def test_crop_shifts_content_and_flip_mirrors():
 
 
 def test_imagefolder_is_decoded_once_then_cached(cifar_dir, tmp_path, monkeypatch):
-    import rkd_search.trainer.data
+    import rkd_search.trainer.imagefolder
 
     first = load_dataset("imagefolder", cifar_dir, cache_dir=tmp_path)
     assert list((tmp_path / "datasets").glob("imagefolder-*.pt"))
@@ -75,7 +75,7 @@ def test_imagefolder_is_decoded_once_then_cached(cifar_dir, tmp_path, monkeypatc
     def no_decoding(*args, **kwargs):
         raise AssertionError("the cached dataset was decoded again")
 
-    monkeypatch.setattr(rkd_search.trainer.data, "_decode_images", no_decoding)
+    monkeypatch.setattr(rkd_search.trainer.imagefolder, "decode_images", no_decoding)
     second = load_dataset("imagefolder", cifar_dir, cache_dir=tmp_path)
     assert (len(first.train_labels), len(first.val_labels), len(first.test_labels)) == (5000, 5000, 5000)
     assert first.val_source == second.val_source == "val/ folder"
@@ -164,3 +164,85 @@ def test_bad_datasets_raise_errors_that_say_what_to_do(name, data_dir, message, 
 def test_cifar_without_files_or_network_names_the_offline_options(tmp_path):
     with pytest.raises(DataError, match="could not be downloaded.*--dataset imagefolder"):
         load_dataset("cifar10", tmp_path, download=False)
+
+
+def write_png16(path, pixels) -> None:
+    """A 16-bit RGB PNG (H, W, 3 uint16) written by hand: Pillow cannot write one."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\x00" + np.asarray(pixels[row], dtype=">u2").tobytes() for row in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_pngs_are_scaled_to_8_bit_also_mixed_with_8_bit_ones(tmp_path):
+    import numpy as np
+
+    root = write_tree(tmp_path / "tree", per_class=4)
+    for split in ("train", "test"):
+        for number in range(3):
+            write_png16(root / split / "cat" / f"deep{number}.png", np.full((8, 8, 3), 51400, dtype=np.uint16))
+    data = load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
+    assert data.train_images.dtype == torch.uint8
+    deep = data.test_images[data.test_labels == 0][-3:]  # the class's files sort "deep*" last
+    assert deep.unique().tolist() == [200]  # 51400 / 65535 * 255 = 200.0, not 51400 wrapped or truncated
+
+
+def test_images_of_mixed_sizes_take_the_most_common_size_said_at_load_or_the_size_asked_for(tmp_path):
+    from PIL import Image
+
+    root = write_tree(tmp_path / "tree", per_class=6, size=8)
+    Image.new("RGB", (2000, 2000), (250, 10, 10)).save(root / "train" / "cat" / "000-huge.png")  # sorts first
+    Image.new("RGB", (16, 12), (10, 250, 10)).save(root / "test" / "dog" / "wide.png")
+    data = load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
+    assert data.resolution == (8, 8) and data.input_shape == (3, 8, 8)
+    assert "resized to 8x8, the most common" in data.note and "2000x2000 (1)" in data.note
+    cached = sum(p.stat().st_size for p in (tmp_path / "cache" / "datasets").iterdir())
+    assert cached < 200_000, "the huge image was decoded at its own size"
+    asked = load_dataset("imagefolder", root, cache_dir=tmp_path / "cache", image_size=(12, 16))
+    assert asked.resolution == (12, 16) and "--image-size" in asked.note
+    with pytest.raises(DataError, match="an image size is for --dataset imagefolder"):
+        load_dataset("digits", image_size=(8, 8))
+
+
+def test_an_unreadable_image_is_refused_naming_it(tmp_path):
+    root = write_tree(tmp_path / "tree", per_class=3)
+    (root / "train" / "dog" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="cannot read .*broken.png"):
+        load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
+
+
+def test_linked_split_and_class_folders_are_followed_and_broken_or_looping_links_refused(tmp_path):
+    source = write_tree(tmp_path / "source", per_class=5)
+    root = tmp_path / "linked"
+    (root / "test").mkdir(parents=True)
+    (root / "train").symlink_to(source / "train")  # a linked split
+    for name in ("cat", "dog"):
+        (root / "test" / name).symlink_to(source / "test" / name)  # linked class folders
+    data = load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
+    assert len(data.train_labels) + len(data.val_labels) == 10 and len(data.test_labels) == 10
+    (source / "test" / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError, match="gone.png is a broken link"):
+        load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
+    (source / "test" / "dog" / "gone.png").unlink()
+    (source / "test" / "dog" / "loop.png").symlink_to(source / "test" / "dog" / "loop.png")
+    with pytest.raises(DataError, match="loop.png is a broken link \\(or a loop of links\\)"):
+        load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
+
+
+def test_a_single_class_is_refused(tmp_path):
+    with pytest.raises(DataError, match="one class folder \\(cat\\): a classifier needs at least two"):
+        load_dataset("imagefolder", write_tree(tmp_path / "tree", classes=("cat",)), cache_dir=tmp_path / "cache")
+    from rkd_search.trainer import dataset_from_tensors
+
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(DataError, match="1 class: a classifier needs at least two"):
+        dataset_from_tensors("one", (images, torch.zeros(4, dtype=torch.int64)), (images, torch.zeros(4, dtype=torch.int64)), ["a"])

@@ -102,3 +102,25 @@ def test_a_teacher_for_other_classes_or_channels_is_refused(synthetic, tmp_path)
     torch.save(torchvision_model("resnet18", classes=7).state_dict(), tmp_path / "seven.pt")
     with pytest.raises(TeacherError, match="predicts 7 classes but synthetic has 4"):
         find_teacher(f"torchvision:resnet18={tmp_path / 'seven.pt'}", synthetic)
+
+
+def test_a_teacher_that_is_a_folder_empty_or_returns_a_tuple_is_told_so(synthetic, tmp_path):
+    from rkd_search.trainer import TeacherError, find_teacher
+
+    with pytest.raises(TeacherError, match="--teacher is empty"):
+        find_teacher("", synthetic)
+    with pytest.raises(TeacherError, match=f"--teacher {tmp_path} is a folder"):
+        find_teacher(str(tmp_path), synthetic)
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            features = self.conv(x).mean((2, 3))
+            return features, features
+
+    torch.jit.script(Pair()).save(str(tmp_path / "pair.ts"))
+    with pytest.raises(TeacherError, match="returns a tuple, not a tensor of logits"):
+        find_teacher(str(tmp_path / "pair.ts"), synthetic)
