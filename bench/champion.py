@@ -33,7 +33,6 @@ import io
 import json
 import logging
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from _common import add_common_flags
 from _docs import write_section
 from rkd_search.search.budget import parse_budget
 from rkd_search.search.cli import main as cli
@@ -153,7 +153,6 @@ def baseline(args, data, spec: ModelSpec, kd: bool, seed: int, teacher) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR", "../shared/data/cifar10-small"))
     parser.add_argument("--budget", default="20MFLOPs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="epochs of every final training (default: chosen from the curve)")
@@ -163,12 +162,7 @@ def main() -> None:
                              "within one standard error of the curve's best")
     parser.add_argument("--search-epochs", type=int, default=4)
     parser.add_argument("--compute", type=int, default=32, help="student-epochs per search (default 32: 8 four-epoch trials)")
-    parser.add_argument("--teacher-epochs", type=int, default=defaults.TEACHER_EPOCHS)
-    parser.add_argument("--cache-dir", default=os.environ.get("RKD_CACHE_DIR"))
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("RKD_BENCH_WORK", "/tmp/rkd-bench-champion")))
-    parser.add_argument("--doc", default="docs/benchmarks.md")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--report-only", action="store_true")
+    add_common_flags(parser, "/tmp/rkd-bench-champion", RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     command = "python bench/champion.py " + " ".join(sys.argv[1:])
@@ -266,7 +260,6 @@ def report(args, stored: dict, command: str) -> None:
         if not common:
             continue
         accuracies = [by_seed[s]["test_acc"] for s in common]
-        first = by_seed[common[0]]
         differences = [champion[s]["test_acc"] - by_seed[s]["test_acc"] for s in common]
         se = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else float("nan")
         students = sorted({by_seed[s]["student"] for s in common})

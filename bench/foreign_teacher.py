@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import statistics
 import sys
@@ -28,8 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from _common import add_common_flags
 from _docs import write_section
-from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig, find_teacher, fit, load_dataset, prepare_teacher, train_teacher
+from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig, defaults, find_teacher, fit, load_dataset, prepare_teacher
 from rkd_search.trainer.data import eval_batches, train_batches
 
 
@@ -59,13 +59,9 @@ def train_resnet18(data, epochs: int, path: Path, seed: int = 0) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR", "../shared/data/cifar10-small"))
-    parser.add_argument("--epochs", type=int, default=15, help="student epochs (the search's default)")
-    parser.add_argument("--teacher-epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=defaults.EPOCHS, help="student epochs (the search's default)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--cache-dir", default=os.environ.get("RKD_CACHE_DIR"))
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("RKD_BENCH_WORK", "/tmp/rkd-bench-foreign-teacher")))
-    parser.add_argument("--doc", default="docs/benchmarks.md")
+    add_common_flags(parser, "/tmp/rkd-bench-foreign-teacher", report_only=False)
     args = parser.parse_args()
     command = "python bench/foreign_teacher.py " + " ".join(sys.argv[1:])
     started = time.perf_counter()

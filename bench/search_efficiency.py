@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import statistics
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from _common import add_common_flags
 from _docs import write_section
 from rkd_search.search.budget import parse_budget
 from rkd_search.search.driver import run_search
@@ -113,18 +113,12 @@ def run_one(args, method: str, seed: int, teacher: Path, work: Path, methods: di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR", "../shared/data/cifar10-small"))
     parser.add_argument("--budget", default="20MFLOPs")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of a fully trained trial (default 4)")
     parser.add_argument("--compute", type=int, default=32, help="student-epochs per search (default 32: 8 full trials)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--teacher-epochs", type=int, default=30)
-    parser.add_argument("--cache-dir", default=os.environ.get("RKD_CACHE_DIR"))
-    parser.add_argument("--work", default=os.environ.get("RKD_BENCH_WORK", "/tmp/rkd-bench-search-efficiency"))
-    parser.add_argument("--doc", default="docs/benchmarks.md")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--report-only", action="store_true")
+    add_common_flags(parser, "/tmp/rkd-bench-search-efficiency", RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     command = "python bench/search_efficiency.py " + " ".join(sys.argv[1:])

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import add_common_flags
 from _docs import write_section
 import search_efficiency
 from search_efficiency import at
@@ -175,12 +176,7 @@ def main() -> None:
     parser.add_argument("--compute", type=int, default=32, help="student-epochs per search (default 32: 8 full trials)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--teacher-epochs", type=int, default=defaults.TEACHER_EPOCHS)
-    parser.add_argument("--cache-dir", default=os.environ.get("RKD_CACHE_DIR"))
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("RKD_BENCH_WORK", "/tmp/rkd-bench-out-of-sample")))
-    parser.add_argument("--doc", default="docs/benchmarks.md")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--report-only", action="store_true")
+    add_common_flags(parser, "/tmp/rkd-bench-out-of-sample", RESULTS, data=False)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     command = "python bench/search_out_of_sample.py " + " ".join(sys.argv[1:])

@@ -40,12 +40,13 @@ from pathlib import Path
 import torch
 import torch.multiprocessing
 
+from _common import add_common_flags
 from _docs import write_section
 from rkd_search.search.budget import parse_budget
 from rkd_search.search.driver import run_search
 from rkd_search.search.setup import SearchOptions
 from rkd_search.search.tracking import Tracker, TrackingSettings
-from rkd_search.trainer import TeacherTargets, TrainConfig, fit, load_checkpoint, load_dataset, save_checkpoint, train_teacher
+from rkd_search.trainer import TeacherTargets, TrainConfig, defaults, fit, load_checkpoint, load_dataset, save_checkpoint, train_teacher
 from rkd_search.trainer.config import COMPILE_MODES
 
 RESULTS = Path("bench/results/searched_vs_handpicked.json")
@@ -53,23 +54,17 @@ RESULTS = Path("bench/results/searched_vs_handpicked.json")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR", "../shared/data/cifar10-small"))
     parser.add_argument("--budget", default="20MFLOPs")
-    parser.add_argument("--epochs", type=int, default=15, help="epochs of a search trial (the CLI's default)")
+    parser.add_argument("--epochs", type=int, default=defaults.EPOCHS, help="epochs of a search trial (the CLI's default)")
     parser.add_argument("--compute", type=int, default=120, help="student-epochs the search may train (default 120: 8 trials of 15 epochs)")
     parser.add_argument("--retrain-epochs", type=int, default=30)
-    parser.add_argument("--teacher-epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="search trials training at once (the CLI's --jobs)")
     parser.add_argument("--retrain-jobs", type=int, default=1, help="retrainings at once, each in its own process, teacher live")
     parser.add_argument("--compile", default="auto", choices=COMPILE_MODES, help="the training step through torch.compile (the CLI's)")
     parser.add_argument("--timeout", type=float, help="seconds after which the search starts no more trials")
     parser.add_argument("--section", default="searched_vs_handpicked", help="the docs section to write")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the docs section from the results file")
-    parser.add_argument("--cache-dir", default=os.environ.get("RKD_CACHE_DIR"))
-    parser.add_argument("--work", default=os.environ.get("RKD_BENCH_WORK", "/tmp/rkd-bench-searched-vs-handpicked"))
-    parser.add_argument("--doc", default="docs/benchmarks.md")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    add_common_flags(parser, "/tmp/rkd-bench-searched-vs-handpicked", RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     command = "python bench/searched_vs_handpicked.py " + " ".join(sys.argv[1:])
