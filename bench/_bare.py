@@ -75,8 +75,8 @@ def _check_supported(loss_config) -> None:
 
 def check_same_math(config, data, teacher, tolerance: float = 1e-4) -> float:
     """``newcomer_loss`` against ``fit``'s loss mix on one batch; raises when they differ."""
-    from rkd_search.trainer.data import train_batches
-    from rkd_search.trainer.loop import distillation_loss
+    from rkd_search.trainer.batches import train_batches
+    from rkd_search.trainer.step import distillation_loss
     from rkd_search.trainer.losses import gram_matrix
 
     _check_supported(config.loss)

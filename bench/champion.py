@@ -48,7 +48,7 @@ from _docs import write_section
 from rkd_search.search.budget import parse_budget
 from rkd_search.search.cli import main as cli
 from rkd_search.search.driver import run_search
-from rkd_search.search.setup import SearchOptions
+from rkd_search.search.options import SearchOptions
 from rkd_search.search.tracking import Tracker, TrackingSettings
 from rkd_search.spaces import TrialContext, load_space
 from rkd_search.spaces._space import Architecture

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from _common import add_common_flags
 from _docs import write_section
 from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig, defaults, find_teacher, fit, load_dataset, prepare_teacher
-from rkd_search.trainer.data import eval_batches, train_batches
+from rkd_search.trainer.batches import eval_batches, train_batches
 
 
 def train_resnet18(data, epochs: int, path: Path, seed: int = 0) -> float:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from _docs import write_section
 from rkd_search.trainer import ModelSpec, build_model, load_dataset, train_teacher
-from rkd_search.trainer.data import train_batches
+from rkd_search.trainer.batches import train_batches
 from rkd_search.trainer.losses import gram_matrix, graph_rkd_loss
 
 

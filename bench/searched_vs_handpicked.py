@@ -44,7 +44,7 @@ from _common import add_common_flags
 from _docs import write_section
 from rkd_search.search.budget import parse_budget
 from rkd_search.search.driver import run_search
-from rkd_search.search.setup import SearchOptions
+from rkd_search.search.options import SearchOptions
 from rkd_search.search.tracking import Tracker, TrackingSettings
 from rkd_search.trainer import TeacherTargets, TrainConfig, defaults, fit, load_checkpoint, load_dataset, save_checkpoint, train_teacher
 from rkd_search.trainer.config import COMPILE_MODES

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 WORK = (  # the first that a stack's frames mention names the work
-    ("trainer/loop.py", "training"),
+    ("trainer/fit.py", "training"),
     ("trainer/teacher.py", "teacher training"),
     ("trainer/targets.py", "teacher targets"),
     ("trainer/proxies.py", "zero-cost scores"),

@@ -37,7 +37,7 @@ from _bare import bare_loop, check_same_math
 from _docs import write_section
 from rkd_search.trainer import LossConfig, ModelSpec, TeacherTargets, TrainConfig, build_model, fit, load_dataset
 from rkd_search.trainer import loop
-from rkd_search.trainer.data import num_train_batches
+from rkd_search.trainer.batches import num_train_batches
 from rkd_search.trainer.defaults import EPOCHS
 
 

@@ -35,7 +35,10 @@ from _docs import write_section
 TWO_POOLS = """
 import json, multiprocessing, os, sys
 import torch
-from rkd_search.search.backends.workers import Done, Job, WorkerFiles, WorkerPool, fresh_process
+from rkd_search.search.backends.local.jobs import Done, Job
+from rkd_search.search.backends.local.pool import WorkerPool
+from rkd_search.search.backends.local.worker import fresh_process
+from rkd_search.search.trial_loop import SharedFiles
 mode, folder = sys.argv[1], sys.argv[2]
 if mode == "forked":
     fresh_process()
@@ -57,7 +60,7 @@ def pool():
 
 
 def train(made, path, config, server_before):
-    made.configure(WorkerFiles(path, None, 1, "cpu", 1))
+    made.configure(SharedFiles(path, None, 1, "cpu", 1))
     made.submit(Job(0, config.to_dict(), 1))
     events = []
     while made.running:

@@ -17,16 +17,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from rkd_search.trainer import COMPILE_MODES, DATASETS, PRECISIONS, defaults
-
 from . import names
-from .budget import UNIT_NOTE, parse_budget, parse_bytes, parse_count, parse_duration, parse_image_size
+from .budget import UNIT_NOTE, parse_duration
 from .errors import SearchError, UsageError
-from .setup import BACKENDS, DEFAULT_MULTI_FIDELITY, SearchOptions
-from .study import SAMPLERS
+from rkd_search.trainer.losses import describe_losses
+
+from .formats import FORMATS, chosen_formats, describe_formats
+from .options import add_flags, from_args
 
 COMMANDS = ("search", "pareto", "train", "export")
-EXPORT_FORMATS = ("onnx", "torchscript", "litert")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,72 +46,10 @@ def _search_parser() -> argparse.ArgumentParser:
         prog="rkd-search",
         description="Search student width/depth, graph construction and loss weights under an operations budget; "
                     "every candidate is trained by graph-based relative knowledge distillation and logged to MLflow.",
-        epilog="Other commands: `rkd-search pareto --help`, `rkd-search train --help`, `rkd-search export --help`.",
+        epilog=f"Loss terms (a space file's loss: section sets their weights): {describe_losses()}. Other commands: "
+               "`rkd-search pareto --help`, `rkd-search train --help`, `rkd-search export --help`.",
     )
-    parser.add_argument("--budget", required=True, help=f"operations budget per image, e.g. 20MFLOPs, 20M, 1.5GMACs, 500k; counted in {UNIT_NOTE}")
-    parser.add_argument("--trials", type=int, default=200, help="trials in the study, including over-budget candidates (default 200); a rerun runs only the missing ones")
-    data = parser.add_argument_group("data and teacher")
-    data.add_argument("--dataset", default="cifar10", choices=DATASETS, help="default cifar10")
-    data.add_argument("--data-dir", default=os.environ.get("RKD_DATA_DIR"), help="dataset folder (env RKD_DATA_DIR); for CIFAR default CACHE/data/NAME, downloaded there when the network allows")
-    data.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION,
-                      help=f"share of train/ held out for validation when the data has no val/ folder (default {defaults.VAL_FRACTION})")
-    data.add_argument("--image-size", metavar="WxH", help="resize an ImageFolder tree's images to WIDTHxHEIGHT pixels, e.g. 64x32 "
-                                                          "(default: their most common size; every cost is counted at it)")
-    data.add_argument("--teacher", default=defaults.TEACHER,
-                      help=f"an architecture trained once and cached (default {defaults.TEACHER}); a checkpoint written by rkd-search; "
-                           "torchvision:NAME=WEIGHTS.pt or timm:NAME=WEIGHTS.pt (a state_dict); a TorchScript file; "
-                           "a pickled module (with --trust-teacher-code)")
-    data.add_argument("--teacher-epochs", type=int, default=defaults.TEACHER_EPOCHS,
-                      help=f"epochs to train the teacher when it is not a file (default {defaults.TEACHER_EPOCHS})")
-    data.add_argument("--teacher-taps", help="the teacher's layers whose outputs the graph losses read, three comma-separated "
-                                             "node names (default: the ends of its last three resolution stages)")
-    data.add_argument("--teacher-size", type=int, help="the input size a teacher you bring expects, in pixels (default: the data's); "
-                                                       "the student keeps the data's size")
-    data.add_argument("--teacher-norm", help="the normalisation a teacher you bring expects: imagenet (default for torchvision "
-                                             "and timm), data, or MEAN,MEAN,MEAN/STD,STD,STD")
-    data.add_argument("--trust-teacher-code", action="store_true", help="allow a teacher file whose loading runs pickled code")
-    data.add_argument("--cache-dir", type=Path, help="teachers, teacher targets and decoded datasets (env RKD_CACHE_DIR, default ~/.cache/rkd-search)")
-    trials = parser.add_argument_group("trials")
-    trials.add_argument("--epochs", type=int, default=defaults.EPOCHS, help=f"training epochs per student (default {defaults.EPOCHS})")
-    trials.add_argument("--batch-size", type=int, default=None,
-                        help=f"default {defaults.BATCH_SIZE} ({defaults.SMALL_BATCH_SIZE} for digits)")
-    trials.add_argument("--space", default="default", help="a built-in space (default, wrn) or a YAML file")
-    trials.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="Optuna sampler (default tpe)")
-    trials.add_argument("--seed", type=int, default=0)
-    trials.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto (default): bf16 autocast on CUDA, fp32 on the CPU (bf16 cost accuracy there: docs/benchmarks.md)")
-    trials.add_argument("--compile", default="auto", choices=COMPILE_MODES,
-                        help="the training step through torch.compile: on, off, or auto (default): eager until a measurement shows "
-                             "compiling faster (a step that fails to compile trains eagerly)")
-    trials.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    trials.add_argument("--jobs", type=int, default=1, help="trials training at once, each in its own worker process (default 1; "
-                                                             "on one GPU, 4 or more: see the README)")
-    trials.add_argument("--prescreen", type=int, default=1, metavar="N",
-                        help="score N candidates per trained trial with zero-cost proxies and train the best (default 1: off)")
-    trials.add_argument("--enqueue", action=argparse.BooleanOptionalAction, default=True,
-                        help="train the space's hand-picked students first (default on; --no-enqueue starts from nothing)")
-    fidelity = parser.add_argument_group("multi-fidelity and stopping")
-    fidelity.add_argument("--multi-fidelity", action=argparse.BooleanOptionalAction, default=DEFAULT_MULTI_FIDELITY,
-                          help="asynchronous successive halving over epochs with a Pareto promotion rule "
-                               f"(default: {'on' if DEFAULT_MULTI_FIDELITY else 'off'}, chosen by bench/search_efficiency.py)")
-    fidelity.add_argument("--min-epochs", type=int, default=1, help="first rung, in epochs (default 1)")
-    fidelity.add_argument("--eta", type=int, default=3, help="reduction factor between rungs (default 3)")
-    fidelity.add_argument("--max-student-epochs", type=int, metavar="N",
-                          help="a compute budget: stop starting new work once trials have trained N epochs in all")
-    fidelity.add_argument("--timeout", help="stop starting new work after this long (e.g. 2h, 90m) and finish cleanly; rerun to continue")
-    limits = parser.add_argument_group("limits besides the MAC budget (each logged on every trial)")
-    limits.add_argument("--max-params", help="parameters (flash), e.g. 100k")
-    limits.add_argument("--max-activation-memory", help="peak activation memory at batch 1 in fp32 bytes, e.g. 256KB or 512KiB")
-    limits.add_argument("--max-latency-ms", type=float, help="median batch-1 latency on this CPU with ONNX Runtime (1 thread), in ms")
-    limits.add_argument("--max-flash", help="int8 weights and biases in bytes (a microcontroller's flash), e.g. 256KB")
-    limits.add_argument("--max-sram", help="peak int8 activations in bytes at batch 1 (a microcontroller's SRAM), e.g. 128KB")
-    _tracking_flags(parser)
-    backend = parser.add_argument_group("back-end")
-    backend.add_argument("--backend", default="optuna", choices=BACKENDS, help="optuna: in this process (default); ray: Ray Tune, local or on a cluster")
-    backend.add_argument("--address", default=None, help="Ray cluster address HOST:PORT (or env RAY_ADDRESS); without it a local Ray starts")
-    backend.add_argument("--trial-resources", default="", help="per-trial Ray resources, e.g. cpu=2,gpu=0.5 (default: all CPUs of the smallest node, one trial per node)")
-    backend.add_argument("--max-concurrent", type=int, default=None, help="trials running at once on Ray (default: as resources allow)")
-    backend.add_argument("--storage-path", default=None, help="Ray experiment storage; must be shared (NFS path or URI) on a multi-node cluster")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_flags(parser)  # every option of SearchOptions, declared once in options.py
     parser.add_argument("-v", "--verbose", action="store_true", help="log diagnostics")
     return parser
 
@@ -128,7 +65,7 @@ def _export_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rkd-search export", description="Export a trained student (a child run) to ONNX and TorchScript, "
                                                            "with student.json: its input size, channel order, mean, std, classes and costs.")
     parser.add_argument("run_id", metavar="RUN_ID", help="a child run id, e.g. from `rkd-search pareto`")
-    parser.add_argument("--format", default="onnx,torchscript", help="comma-separated: onnx, torchscript, litert (default onnx,torchscript)")
+    parser.add_argument("--format", default="onnx,torchscript", help=f"comma-separated, default onnx,torchscript: {describe_formats()}")
     parser.add_argument("--raw-input", action="store_true", help="bake the normalisation into the model: it takes uint8 images")
     parser.add_argument("--int8", action="store_true", help="also write int8 models (static quantization calibrated on "
                                                             "training images) and measure their test accuracy")
@@ -166,20 +103,6 @@ def _train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_resources(text: str) -> dict[str, float]:
-    resources = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, _, value = item.partition("=")
-        try:
-            resources[key.strip().lower()] = float(value)
-        except ValueError:
-            raise UsageError(f"--trial-resources {text!r}: write KEY=NUMBER pairs, e.g. cpu=2,gpu=0.5") from None
-    unknown = set(resources) - {"cpu", "gpu"}
-    if unknown:
-        raise UsageError(f"--trial-resources: unknown resource {sorted(unknown)[0]!r} (use cpu and gpu)")
-    return resources
-
-
 def _configure_logging(verbose: bool) -> None:
     # MLflow configures its own loggers when imported, from these variables: set them first
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
@@ -203,35 +126,8 @@ def _search(argv: list[str]) -> int:
     _configure_logging(args.verbose)
     from .driver import run_search
 
-    multi_fidelity = args.multi_fidelity
-    options = SearchOptions(
-        budget=parse_budget(args.budget), trials=args.trials, dataset=args.dataset, data_dir=args.data_dir,
-        val_fraction=args.val_fraction, image_size=parse_image_size(args.image_size) if args.image_size else None,
-        teacher=args.teacher, teacher_epochs=args.teacher_epochs,
-        trust_teacher_code=args.trust_teacher_code, teacher_taps=args.teacher_taps, teacher_size=args.teacher_size,
-        teacher_norm=args.teacher_norm, jobs=args.jobs, prescreen=args.prescreen,
-        enqueue=args.enqueue, max_student_epochs=args.max_student_epochs,
-        epochs=args.epochs, batch_size=args.batch_size, space=args.space, sampler=args.sampler, seed=args.seed,
-        output=args.output, experiment=args.experiment, tracking_uri=args.tracking_uri, mlflow_config=args.mlflow_config,
-        backend=args.backend, cache_dir=args.cache_dir, precision=args.precision, compile=args.compile,
-        device=args.device,
-        progress=not args.no_progress, address=args.address, trial_resources=_parse_resources(args.trial_resources),
-        max_concurrent=args.max_concurrent, storage_path=args.storage_path, multi_fidelity=multi_fidelity,
-        min_epochs=args.min_epochs, eta=args.eta, timeout=parse_duration(args.timeout) if args.timeout else None,
-        max_params=parse_count(args.max_params, "--max-params") if args.max_params else None,
-        max_activation_bytes=parse_bytes(args.max_activation_memory, "--max-activation-memory") if args.max_activation_memory else None,
-        max_latency_ms=_positive(args.max_latency_ms, "--max-latency-ms"),
-        max_flash_bytes=parse_bytes(args.max_flash, "--max-flash") if args.max_flash else None,
-        max_sram_bytes=parse_bytes(args.max_sram, "--max-sram") if args.max_sram else None,
-    )
-    run_search(options)
+    run_search(from_args(args))
     return 0
-
-
-def _positive(value: float | None, flag: str) -> float | None:
-    if value is not None and not 0 < value < float("inf"):
-        raise UsageError(f"{flag} must be a positive number, got {value}")
-    return value
 
 
 def _tracker(args):
@@ -298,11 +194,10 @@ def _export(argv: list[str]) -> int:
     _configure_logging(False)
     from .export import export_student
 
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    if not formats or set(formats) - set(EXPORT_FORMATS):
-        raise UsageError(f"--format {args.format!r}: choose from {', '.join(EXPORT_FORMATS)}")
-    if (args.int8 or args.raw_input) and not {"onnx", "litert"} & set(formats):
-        raise UsageError("--int8 and --raw-input apply to onnx and litert: keep one of them in --format")
+    chosen = chosen_formats(args.format)
+    if (args.int8 or args.raw_input) and not any(f.quantizes for f in chosen):
+        quantizing = " and ".join(name for name, f in FORMATS.items() if f.quantizes)
+        raise UsageError(f"--int8 and --raw-input apply to {quantizing}: keep one of them in --format")
     if args.calibration_images < 1:
         raise UsageError("--calibration-images must be at least 1")
     tracker = _tracker(args)
@@ -311,7 +206,7 @@ def _export(argv: list[str]) -> int:
     except Exception:
         raise UsageError(f"no MLflow run {args.run_id!r} at {tracker.settings.tracking_uri}: pass a run id from `rkd-search pareto`") from None
     folder = (args.output or Path(".")) / "exports" / name
-    exported = export_student(tracker, args.run_id, folder, formats, raw_input=args.raw_input, int8=args.int8,
+    exported = export_student(tracker, args.run_id, folder, args.format, raw_input=args.raw_input, int8=args.int8,
                               calibration_images=args.calibration_images, data_dir=args.data_dir, cache_dir=args.cache_dir)
     summary = exported.summary
     val = f"val acc {summary['val_acc']:.4f}, " if summary.get("val_acc") is not None else ""
@@ -356,7 +251,7 @@ def entry() -> int:
     ``kill -USR1 PID`` prints the stack of each of its threads to stderr (a search that seems stuck)."""
     import faulthandler
 
-    from .backends.workers import fresh_process
+    from .backends.local.worker import fresh_process
 
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)

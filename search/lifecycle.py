@@ -1,6 +1,7 @@
 """A trial's lifecycle: the one place where a trial changes state, for both back-ends.
 
-Each call (ask, start, epoch, pause, promote, prune, finish, fail, interrupt) updates together
+Each call (ask, start, epoch, pause, prune, finish, fail, interrupt; and ``mark_stale_runs`` for the
+runs a stopped process left RUNNING) updates together
 the Optuna study (tell, the trial's attributes), the trial's MLflow run (through the recorder)
 and the rung records of multi-fidelity, so the embedded loop and the Ray loop differ only in how
 their framework's events reach these calls (as Optuna's own ``Study.tell`` and ``optimize`` both
@@ -69,6 +70,15 @@ def trial_key(number: int) -> str:
 def finished_trials(study: optuna.Study) -> int:
     """Trials that will not run again: trained, over a limit, or stopped at a rung."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def mark_stale_runs(recorder: "Recorder") -> None:
+    """MLflow runs a stopped process left RUNNING: KILLED and failed (``stale``); a trial that resumes
+    reopens its run (its Optuna trial stayed RUNNING)."""
+    for record in [r for r in recorder.records if r.state is TrialState.RUNNING]:
+        recorder.tracker.finish_trial(record.run_id, TrialState.FAILED, error="the process running this trial stopped",
+                                      tags={names.FAILURE: "stale"}, status="KILLED", epochs=record.epochs)
+        record.state = TrialState.FAILED
 
 
 # -- Optuna's private attributes: here only ------------------------------------------------------------

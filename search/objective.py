@@ -136,8 +136,6 @@ class LoopOptions:
     max_student_epochs: int | None = None
     """A compute budget: no new work starts once the search's trials trained this many epochs in all."""
     max_consecutive_failures: int = 3
-    prescreen: int = 1
-    """Candidates the sampler proposes per trained trial; the best-scored one trains."""
 
     @property
     def multi_fidelity(self) -> bool:

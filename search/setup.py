@@ -1,18 +1,16 @@
-"""A search's options, and their validation into a complete, frozen setup before anything is created.
+"""A search's options validated into a complete, frozen setup before anything is created.
 
-``validate(options)`` checks everything a user can get wrong (flags, the space file, the data, the
-teacher, the tracking store, the output folder, limits no student can meet) and returns a
-``SearchSetup``; bad input raises ``UsageError`` (one line, exit code 2) and leaves no output
-folder, study, MLflow store or run behind.
+``validate(options)`` checks what the options ask of the world (the space file, the data, the
+teacher, the tracking store, the output and cache folders, limits no student can meet; the options
+alone are ``options.check``'s) and returns a ``SearchSetup``; bad input raises ``UsageError`` (one
+line, exit code 2) and leaves no output folder, study, MLflow store or run behind.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,104 +22,16 @@ from rkd_search.trainer import (
     TeacherSource,
     count_spec_ops,
     default_cache_dir,
-    defaults,
     find_teacher,
     load_dataset,
 )
 from rkd_search.trainer.ops import int8_flash_bytes, int8_sram_bytes, peak_activation_bytes
 
-from .budget import Budget, format_bytes, format_ops
+from .budget import format_bytes, format_ops
 from .errors import UsageError
-from .fidelity import rungs
-from .objective import Limits
-from .study import SAMPLERS, stored_settings
+from .options import SearchOptions
+from .study import stored_settings
 from .tracking import TrackingSettings, check_reachable, resolve_settings
-
-BACKENDS = ("optuna", "ray")
-# Chosen from measurement (bench/search_efficiency.py, docs/benchmarks.md): see the README.
-DEFAULT_MULTI_FIDELITY = False
-SEED_RANGE = (0, 2**32 - 1)
-
-
-@dataclass
-class SearchOptions:
-    budget: Budget
-    trials: int = 200
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    val_fraction: float = defaults.VAL_FRACTION
-    image_size: tuple[int, int] | None = None
-    """(height, width) an ImageFolder tree's images are resized to (None: their most common size)."""
-    teacher: str = defaults.TEACHER
-    teacher_epochs: int = defaults.TEACHER_EPOCHS
-    trust_teacher_code: bool = False
-    teacher_taps: str | None = None
-    teacher_size: int | None = None
-    teacher_norm: str | None = None
-    epochs: int = defaults.EPOCHS
-    batch_size: int | None = None  # None: the dataset's default (128; 32 for digits)
-    space: str = "default"
-    sampler: str = "tpe"
-    seed: int = 0
-    output: Path | None = None
-    experiment: str | None = None
-    tracking_uri: str | None = None
-    mlflow_config: str | None = None
-    backend: str = "optuna"
-    cache_dir: Path | None = None
-    precision: str = "auto"
-    compile: str = "auto"
-    device: str | None = None
-    progress: bool = True
-    jobs: int = 1
-    prescreen: int = 1
-    # multi-fidelity and stopping
-    multi_fidelity: bool = DEFAULT_MULTI_FIDELITY
-    min_epochs: int = 1
-    eta: int = 3
-    timeout: float | None = None  # seconds
-    max_student_epochs: int | None = None  # a compute budget: epochs trained by all trials together
-    # limits beyond the MAC budget
-    max_params: float | None = None
-    max_activation_bytes: float | None = None
-    max_latency_ms: float | None = None
-    max_flash_bytes: float | None = None
-    max_sram_bytes: float | None = None
-    measure_latency: bool = True
-    enqueue: bool = True
-    """Train the space's hand-picked students first (benchmarks turn it off for a plain random search)."""
-    # Ray back-end
-    address: str | None = None
-    trial_resources: dict[str, float] = field(default_factory=dict)
-    max_concurrent: int | None = None
-    storage_path: str | None = None
-    train: str | None = None
-    """``module:function`` training a trial in the workers, for tests (default ``train_student``)."""
-
-    def expected_trials(self) -> int:
-        """How many trials the search can start: ``trials``, or fewer when a compute limit
-        (``max_student_epochs``) runs out first (each trial trains ``epochs``, or at least
-        ``min_epochs`` with multi-fidelity). The sampler's startup trials scale with it: a search of
-        200 allowed trials that can afford 8 must not sample all 8 at random."""
-        if self.max_student_epochs is None:
-            return self.trials
-        per_trial = self.min_epochs if self.multi_fidelity else self.epochs
-        return max(1, min(self.trials, self.max_student_epochs // max(1, per_trial)))
-
-    def resolved_output(self) -> Path:
-        if self.output is not None:
-            return Path(self.output).resolve()
-        budget = re.sub(r"[^0-9A-Za-z.]+", "", format_ops(self.budget.macs))
-        return Path("runs", f"{self.dataset}-{budget}-seed{self.seed}").resolve()
-
-    @property
-    def rungs(self) -> list[int]:
-        return rungs(self.min_epochs, self.epochs, self.eta) if self.multi_fidelity else [self.epochs]
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(self.budget.macs, self.max_params, self.max_activation_bytes, self.max_latency_ms,
-                      self.max_flash_bytes, self.max_sram_bytes)
 
 
 @dataclass(frozen=True)
@@ -141,9 +51,9 @@ class SearchSetup:
 
 
 def validate(options: SearchOptions, progress: Callable[[int, int], None] | None = None) -> SearchSetup:
-    """Check the options, load the space and the data, find the teacher: a ``SearchSetup``, or
-    ``UsageError`` with what to do. ``progress(done, total)`` reports images as they are decoded."""
-    check_flags(options)
+    """Load the space and the data, find the teacher, check what the options ask of them: a
+    ``SearchSetup``, or ``UsageError`` with what to do (the options alone are ``options.check``'s).
+    ``progress(done, total)`` reports images as they are decoded."""
     output = options.resolved_output()
     check_output_folder(output)
     try:
@@ -187,40 +97,6 @@ def validate(options: SearchOptions, progress: Callable[[int, int], None] | None
     }
     check_existing_study(output, study_settings, tracking)
     return SearchSetup(options, output, space, tracking, cache_dir, data, batch_size, context, teacher, study_settings)
-
-
-def check_flags(o: SearchOptions) -> None:
-    """The flags alone, before any file is read."""
-    if o.trials < 1 or o.epochs < 1 or o.teacher_epochs < 1 or (o.batch_size is not None and o.batch_size < 2):
-        raise UsageError("--trials, --epochs and --teacher-epochs must be at least 1 and --batch-size at least 2")
-    if not SEED_RANGE[0] <= o.seed <= SEED_RANGE[1]:
-        raise UsageError(f"--seed {o.seed} is out of range: pass a whole number from 0 to {SEED_RANGE[1]}")
-    if not 0 < o.val_fraction < 1:
-        raise UsageError(f"--val-fraction {o.val_fraction} must be between 0 and 1 (exclusive), e.g. 0.1")
-    if o.sampler not in SAMPLERS:
-        raise UsageError(f"unknown sampler {o.sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    if o.backend not in BACKENDS:
-        raise UsageError(f"unknown backend {o.backend!r}: choose one of {', '.join(BACKENDS)}")
-    if o.backend != "ray" and (o.address or o.max_concurrent or o.trial_resources or o.storage_path):
-        raise UsageError("--address, --max-concurrent, --trial-resources and --storage-path "
-                         "are for the Ray back-end: add --backend ray")
-    if o.backend == "ray" and o.jobs != 1:
-        raise UsageError("--jobs is for the embedded back-end; with --backend ray use --trial-resources and --max-concurrent")
-    if o.jobs < 1 or o.jobs > 256:
-        raise UsageError(f"--jobs must be between 1 and 256, got {o.jobs}")
-    if o.backend == "ray" and o.max_student_epochs is not None:
-        raise UsageError("--max-student-epochs is for the embedded back-end; with --backend ray use --trials or --timeout")
-    if o.max_student_epochs is not None and o.max_student_epochs < 1:
-        raise UsageError(f"--max-student-epochs must be at least 1, got {o.max_student_epochs}")
-    if o.prescreen < 1 or o.prescreen > 1000:
-        raise UsageError(f"--prescreen must be between 1 and 1000 candidates per trained trial, got {o.prescreen}")
-    if o.max_concurrent is not None and o.max_concurrent < 1:
-        raise UsageError("--max-concurrent must be at least 1")
-    if o.multi_fidelity and not (1 <= o.min_epochs <= o.epochs and o.eta >= 2):
-        raise UsageError(f"multi-fidelity needs 1 <= --min-epochs ({o.min_epochs}) <= --epochs ({o.epochs}) "
-                         f"and --eta >= 2 ({o.eta})")
-    if o.experiment is not None and not o.experiment.strip():
-        raise UsageError("--experiment is empty: pass an experiment name, or leave the flag out for the default")
 
 
 def check_output_folder(output: Path, flag: str = "--output", fix: str = "pass a writable --output") -> None:
@@ -275,8 +151,6 @@ def check_limits_reachable(o: SearchOptions, space: SearchSpace, context: TrialC
         if fastest > o.max_latency_ms:
             refuse("--max-latency-ms", f"{o.max_latency_ms:g}", lambda spec: latency(spec, resolution),
                    lambda v: f"{v:.3f} ms on this CPU (ONNX Runtime, 1 thread)", "raise the limit")
-    if not math.isfinite(o.budget.macs):
-        raise UsageError("the budget must be finite")
 
 
 def check_existing_study(output: Path, settings: dict[str, Any], tracking: TrackingSettings) -> None:

@@ -42,11 +42,11 @@ from rkd_search.trainer import (
     fit,
     prepare_teacher,
 )
-from rkd_search.trainer.data import normalize
+from rkd_search.trainer.batches import normalize
 
 from . import names
 from .errors import UsageError
-from .export import int8_accuracy
+from .formats.onnx import int8_accuracy
 from .records import TrialState
 from .report import EpochBar, Progress
 from .setup import check_output_folder

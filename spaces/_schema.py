@@ -15,11 +15,12 @@ config with it, so a value the trainer would refuse inside a trial is refused he
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal, Union
+from typing import Any, Callable, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, create_model, field_validator, model_validator
 
 from rkd_search.trainer import STAGES, LossConfig, ModelSpec, TrainConfig
+from rkd_search.trainer.losses import loss_terms
 from rkd_search.trainer.models import FAMILIES
 
 Scalar = Union[bool, int, float, str]
@@ -104,10 +105,47 @@ def _train_value(key: str, value: Any) -> TrainConfig:
     return dataclasses.replace(_BASE_TRAIN, **{key: value})
 
 
+def _term_weight(key: str, value: Any) -> LossConfig:
+    return LossConfig(ce_weight=1.0, weights={key: value})
+
+
+_LOSS_FIELDS = {f.name for f in dataclasses.fields(LossConfig)}
+BUILT_IN_WEIGHTS = tuple(term.weight for term in loss_terms() if term.weight in _LOSS_FIELDS)
+"""The weights of the built-in terms (``LossConfig`` fields), in the mix's order."""
+
+
+def added_weights() -> list[str]:
+    """The weight keys of the loss terms registered beyond the built-in ones (a module each): a
+    space file's ``loss:`` section takes them too."""
+    return [term.weight for term in loss_terms() if term.weight not in _LOSS_FIELDS]
+
+
 _GraphValues = _config_section("GraphValues", LossConfig, ("similarity", "k", "bandwidth", "power", "reduction"), _loss_value)
-LossSpace = _config_section("LossSpace", LossConfig, ("ce_weight", "graph_weight", "kd_weight", "temperature",
-                                                      "rkd_distance_weight", "rkd_angle_weight"), _loss_value)
+_LossValues = _config_section("LossValues", LossConfig, ("temperature", *BUILT_IN_WEIGHTS), _loss_value)
 OptimSpace = _config_section("OptimSpace", TrainConfig, ("lr", "weight_decay", "momentum", "schedule"), _train_value)
+_PARAM = TypeAdapter(Param)
+
+
+class LossSpace(_LossValues):  # type: ignore[misc, valid-type]
+    """The built-in terms' weights and the temperature, and the weight of any term a module registered
+    (``trainer.losses.register_loss``), read from the registry when the file is loaded."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _added(self) -> "LossSpace":
+        for key, value in (self.model_extra or {}).items():
+            if key not in added_weights():
+                raise ValueError(f"{key}: unknown key (the loss terms' weights: {', '.join([*BUILT_IN_WEIGHTS, *added_weights()])})")
+            param = _PARAM.validate_python(value)
+            for candidate in candidates(param):
+                _term_weight(key, candidate)  # refused with the trainer's message
+            self.model_extra[key] = param
+        return self
+
+    def added(self) -> dict[str, Param]:
+        """The registered terms' weights this file searches or fixes, by key."""
+        return dict(self.model_extra or {})
 
 
 class GraphSpace(_GraphValues):  # type: ignore[misc, valid-type]
@@ -215,82 +253,4 @@ class StudentSpace(BaseModel):
             for expansion in self.expansions:
                 for kernel in self.kernels:
                     self.example_spec(family, self.depths(family)[0], expansion=expansion, kernel=kernel)
-        return self
-
-
-RECIPE_KEYS = {"graph.similarity", "graph.k", "graph.bandwidth", "graph.layers", "graph.power", "graph.gaussian_weight", "loss.ce_weight",
-               "loss.graph_weight", "loss.kd_weight", "loss.temperature", "loss.rkd_distance_weight", "loss.rkd_angle_weight",
-               "optim.lr", "optim.weight_decay", "optim.momentum", "optim.schedule"}
-
-
-class Seed(BaseModel):
-    """A hand-designed student trained first, with its own recipe (e.g. the paper's WRN-28-0.5 with
-    the authors' settings): the baselines a search must beat, inside the search.
-
-    ``width: max`` takes the widest width on the space's grid that fits the budget and limits;
-    with ``budget_share: 0.25`` the widest whose MACs are within a quarter of the budget (starting
-    points across the MAC axis, not only at the budget, for the front).
-    ``recipe`` fixes searched values by their parameter names (``loss.graph_weight``, ``optim.lr``,
-    ``graph.k: dense``, ``graph.layers: [1, 2, 3]``, ...); what it leaves out is sampled.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = ""
-    family: str
-    depth: int | None = None
-    width: float | Literal["max"]
-    budget_share: float = Field(1.0, gt=0.0, le=1.0)
-    stage_widths: list[float] | None = None
-    stage_depths: list[int] | None = None  # mobile families
-    expansion: float | None = None
-    kernel: int | None = None
-    recipe: dict[str, Any] = {}
-
-    @model_validator(mode="after")
-    def _share_needs_max(self) -> "Seed":
-        if self.budget_share < 1.0 and self.width != "max":
-            raise ValueError(f"budget_share {self.budget_share} needs width: max (it picks the widest width within that share "
-                             "of the budget)")
-        return self
-
-    @field_validator("recipe")
-    @classmethod
-    def _recipe_keys(cls, recipe: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(recipe) - RECIPE_KEYS)
-        if unknown:
-            raise ValueError(f"recipe: unknown parameter {unknown[0]!r} (known: {', '.join(sorted(RECIPE_KEYS))})")
-        return recipe
-
-
-class SpaceFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    description: str = ""
-    student: StudentSpace
-    graph: GraphSpace = Field(default_factory=GraphSpace)
-    loss: LossSpace = Field(default_factory=LossSpace)  # type: ignore[valid-type]
-    optim: OptimSpace = Field(default_factory=OptimSpace)  # type: ignore[valid-type]
-    enqueue: list[Seed] = []
-
-    @model_validator(mode="after")
-    def _check(self) -> "SpaceFile":
-        student = self.student
-        for index, seed in enumerate(self.enqueue):
-            name = f"{seed.family}{seed.depth if seed.depth is not None else seed.stage_depths}"
-            if seed.family not in student.families:
-                raise ValueError(f"enqueue[{index}]: {name} is outside the student space")
-            if FAMILIES[seed.family].mobile:
-                depths = seed.stage_depths or ([seed.depth // 3] * 3 if seed.depth and seed.depth % 3 == 0 else None)
-                if not depths or len(depths) != 3 or any(d not in student.depths(seed.family) for d in depths) \
-                        or (seed.expansion is not None and seed.expansion not in student.expansions) \
-                        or (seed.kernel is not None and seed.kernel not in student.kernels):
-                    raise ValueError(f"enqueue[{index}]: {name} is outside the student space")
-            elif seed.depth not in student.depths(seed.family):
-                raise ValueError(f"enqueue[{index}]: {name} is outside the student space")
-        if self.graph.gaussian_weight is not None and not all(
-                isinstance(c, (int, float)) and c > 0 for c in candidates(self.loss.graph_weight)):
-            raise ValueError("graph.gaussian_weight needs a loss.graph_weight above 0 (a weight of 0 turns the graph off, "
-                             "and then no similarity is drawn)")
         return self

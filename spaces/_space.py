@@ -17,149 +17,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import yaml
-from pydantic import ValidationError
 
 from rkd_search.trainer import LossConfig, ModelSpec, OpsCount, TrainConfig, count_spec_ops
 from rkd_search.trainer.models import FAMILIES
-from rkd_search.trainer.ops import Resolution, int8_flash_bytes, int8_sram_bytes, peak_activation_bytes
+from rkd_search.trainer.ops import int8_flash_bytes, int8_sram_bytes, peak_activation_bytes
 
-from ._schema import Param, Range, SpaceFile
-
-
-class SpaceError(ValueError):
-    """A search-space file is missing or invalid; the message names the bad key."""
-
-
-class TrialLike(Protocol):
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float: ...
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
-    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class TrialContext:
-    """What a space needs besides the sampler's choices: the data's shape, the budget and the other
-    limits a student must fit (None: no limit), the schedule."""
-
-    budget_macs: float
-    in_channels: int
-    num_classes: int
-    resolution: Resolution
-    """The input's (height, width), or one number for square images: costs are counted at it."""
-    epochs: int
-    batch_size: int = 128
-    seed: int = 0
-    precision: str = "auto"
-    compile: str = "auto"
-    max_params: float | None = None
-    max_activation_bytes: float | None = None
-    max_flash_bytes: float | None = None
-    max_sram_bytes: float | None = None
-
-    def fits(self, spec: ModelSpec) -> bool:
-        """Within the MAC budget and the parameter, activation-memory, flash and SRAM limits (all grow
-        with width)."""
-        ops = count_spec_ops(spec, self.resolution)
-        if ops.macs > self.budget_macs or (self.max_params is not None and ops.params > self.max_params):
-            return False
-        if self.max_flash_bytes is not None and int8_flash_bytes(spec) > self.max_flash_bytes:
-            return False
-        if self.max_sram_bytes is not None and int8_sram_bytes(spec, self.resolution) > self.max_sram_bytes:
-            return False
-        return self.max_activation_bytes is None or peak_activation_bytes(spec, self.resolution) <= self.max_activation_bytes
-
-
-@dataclass
-class TrialPlan:
-    """A trial's config, its operations count and peak activation memory, and its sampled values
-    under dotted names."""
-
-    config: TrainConfig
-    ops: OpsCount
-    budget_macs: float
-    params: dict[str, Any] = field(default_factory=dict)
-    activation_bytes: int = 0
-    constraints: dict[str, float] = field(default_factory=dict)
-    """Named violations (<= 0: within the limit), as the search sets them on the sampler's trial."""
-    measures: dict[str, float] = field(default_factory=dict)
-    """Costs measured beyond the counts: the int8 deployment's ``flash_bytes`` and ``sram_bytes``,
-    and ``latency_ms`` when measured."""
-    scores: dict[str, float] = field(default_factory=dict)
-    """Zero-cost scores of the untrained student (``trainer.proxies``), when the search computes them."""
-
-    @property
-    def feasible(self) -> bool:
-        """Within every limit: never trained otherwise."""
-        if self.constraints:
-            return all(value <= 0 for value in self.constraints.values())
-        return self.within_budget
-
-    @property
-    def within_budget(self) -> bool:
-        return self.ops.macs <= self.budget_macs
-
-    @property
-    def budget_violation(self) -> float:
-        """Relative excess over the budget: <= 0 means the student fits (Optuna's constraint)."""
-        return (self.ops.macs - self.budget_macs) / self.budget_macs
-
-
-def builtin_spaces() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files(__package__).iterdir() if p.name.endswith(".yaml"))
-
-
-def load_space(name_or_path: str | os.PathLike) -> "SearchSpace":
-    """Load a built-in space by name (``default``, ``wrn``, ...) or a YAML file by path."""
-    text_name = str(name_or_path)
-    path = Path(text_name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise SpaceError(f"space file {path} does not exist: pass a YAML file or one of {', '.join(builtin_spaces())}")
-        try:
-            source, text = str(path), path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise SpaceError(f"space file {path} is not a text file (not UTF-8): pass a YAML file") from None
-        except OSError as error:
-            raise SpaceError(f"space file {path} cannot be read ({error.strerror}): pass a readable YAML file") from None
-    elif text_name in builtin_spaces():
-        source, text = f"{text_name} (built in)", (resources.files(__package__) / f"{text_name}.yaml").read_text()
-    else:
-        raise SpaceError(f"unknown space {text_name!r}: pass a YAML file or one of {', '.join(builtin_spaces())}")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SpaceError(f"space {source}:{where} is not valid YAML ({getattr(error, 'problem', error)})") from None
-    if not isinstance(raw, dict):
-        raise SpaceError(f"space {source} must be a YAML mapping with name, student, graph, loss, optim")
-    try:
-        spec = SpaceFile.model_validate(raw)
-    except ValidationError as error:
-        raise SpaceError(f"space {source}: {_describe(error)}") from None
-    return SearchSpace(spec, text, source)
-
-
-def _describe(error: ValidationError) -> str:
-    messages = []
-    for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"] if not str(part).startswith(("Range", "list[", "float", "int", "str", "bool", "function-")))
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "missing":
-            message = "required key missing"
-        messages.append(f"{location}: {message}" if location else message)
-    unique = list(dict.fromkeys(messages))
-    return "; ".join(unique[:3]) + (f" (and {len(unique) - 3} more)" if len(unique) > 3 else "")
+from ._plan import TrialContext, TrialLike, TrialPlan
+from ._file import SpaceFile
+from ._schema import Param, Range
 
 
 def _suggest(trial: TrialLike, name: str, param: Param | None) -> Any:
@@ -269,7 +138,9 @@ class SearchSpace:
         temperature = _suggest(trial, "loss.temperature", loss.temperature) if kd_weight > 0 else 4.0
         rkd_distance = _suggest(trial, "loss.rkd_distance_weight", loss.rkd_distance_weight)
         rkd_angle = _suggest(trial, "loss.rkd_angle_weight", loss.rkd_angle_weight)
+        added = {key: _suggest(trial, f"loss.{key}", param) for key, param in loss.added().items()}  # registered terms
         params.update({"loss.ce_weight": ce_weight, "loss.graph_weight": graph_weight, "loss.kd_weight": kd_weight})
+        params.update({f"loss.{key}": value for key, value in added.items()})
         if kd_weight > 0:
             params["loss.temperature"] = temperature
         if rkd_distance or rkd_angle:
@@ -305,7 +176,7 @@ class SearchSpace:
         loss_config = LossConfig(
             ce_weight=ce_weight, kd_weight=kd_weight, temperature=temperature, graph_weight=graph_weight,
             similarity=similarity or "cosine", k=k, bandwidth=bandwidth, power=power, layers=layers,
-            reduction=graph.reduction, rkd_distance_weight=rkd_distance, rkd_angle_weight=rkd_angle,
+            reduction=graph.reduction, rkd_distance_weight=rkd_distance, rkd_angle_weight=rkd_angle, weights=added,
         )
         config = TrainConfig(
             student=spec, loss=loss_config, epochs=context.epochs, batch_size=context.batch_size, lr=lr,

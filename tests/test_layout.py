@@ -120,7 +120,7 @@ def test_spaces_import_no_back_end():
 
 # -- the search package's own rules ------------------------------------------------------------------
 
-BACKENDS = ("rkd_search.search.backends.embedded", "rkd_search.search.backends.ray")
+BACKENDS = ("rkd_search.search.backends.local", "rkd_search.search.backends.ray")
 LIFECYCLE = "rkd_search.search.lifecycle"
 NAMES = "rkd_search.search.names"
 OPTUNA_PRIVATE = {"_storage", "_trial_id", "_study_id", "_cached_frozen_trial"}
@@ -180,12 +180,52 @@ def test_the_rules_checks_can_fail(tmp_path):
         (tmp_path / package).mkdir(exist_ok=True)
         (tmp_path / package / "__init__.py").write_text("")
     (tmp_path / "search" / "backends" / "__init__.py").write_text("")
-    (tmp_path / "search" / "backends" / "embedded.py").write_text("")
+    (tmp_path / "search" / "backends" / "local.py").write_text("")
     (tmp_path / "search" / "backends" / "ray.py").write_text("")
     (tmp_path / "search" / "bad.py").write_text(
-        "from .backends import embedded, ray\nTAG = 'rkd.state'\n\ndef f(study):\n    return study._storage\n")
+        "from .backends import local, ray\nTAG = 'rkd.state'\n\ndef f(study):\n    return study._storage\n")
     edges, _ = import_graph(tmp_path)
-    assert {"rkd_search.search.backends.embedded", "rkd_search.search.backends.ray"} <= edges["rkd_search.search.bad"]
+    assert {"rkd_search.search.backends.local", "rkd_search.search.backends.ray"} <= edges["rkd_search.search.bad"]
     tree = ast.parse((tmp_path / "search" / "bad.py").read_text())
     assert any(isinstance(n, ast.Attribute) and n.attr in OPTUNA_PRIVATE for n in ast.walk(tree))
     assert any(isinstance(n, ast.Constant) and n.value == "rkd.state" for n in ast.walk(tree))
+
+
+# -- the seams (issue: back-ends behind one registry, options in one place) ---------------------------
+
+REGISTRY = "rkd_search.search.backends"
+MAX_LINES = 300
+
+
+def test_the_driver_and_the_trial_loop_import_no_back_end_module():
+    """They know the back-ends through the registry (``backends.get_backend``) and the TrialLoop only."""
+    edges, _ = import_graph()
+    for module in ("rkd_search.search.driver", "rkd_search.search.trial_loop", "rkd_search.search.start",
+                   "rkd_search.search.options", "rkd_search.search.setup"):
+        reached = sorted(t for t in edges[module] if t.startswith(REGISTRY + "."))
+        assert not reached, f"{module} imports back-end modules {reached}"
+
+
+def test_the_list_of_back_ends_exists_once():
+    """Only the registry names the back-ends together: no other module holds a list, tuple, set or
+    dict of two or more of their names (the driver and setup.py each had one)."""
+    from rkd_search.search.backends import REGISTRY as backends
+
+    names = set(backends)
+    offenders = []
+    for module, path in search_modules().items():
+        if module == REGISTRY:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else node.keys if isinstance(node, ast.Dict) else []
+            named = {item.value for item in items if isinstance(item, ast.Constant) and item.value in names}
+            if len(named) >= 2:
+                offenders.append(f"{module}: line {node.lineno}")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_module_is_under_300_lines(package):
+    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in (REPO / package).rglob("*.py")}
+    assert sizes, package
+    assert not {name: n for name, n in sizes.items() if n >= MAX_LINES}, {name: n for name, n in sizes.items() if n >= MAX_LINES}

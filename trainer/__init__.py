@@ -13,20 +13,22 @@ from .config import (
     SCHEDULES,
     SIMILARITIES,
     STAGES,
-    EpochReport,
     LossConfig,
     TrainConfig,
-    TrainResult,
-    TrainState,
 )
+from .results import EpochReport, TrainResult, TrainState
 from .data import DATASETS, DataError, ImageDataset, dataset_from_tensors, default_cache_dir, load_dataset
-from .loop import fit
+from .fit import fit
+from .metrics import accuracy
+from ._device import resolve_device
 from .models import ModelSpec, build_model
 from .ops import OpsCount, count_ops, count_spec_ops
 from .targets import LiveTeacher, TeacherTargets
 from .teacher import Teacher, TeacherSource, find_teacher, prepare_teacher, train_teacher
 
 __all__ = [
+    "accuracy",
+    "resolve_device",
     "defaults",
     "DATASETS",
     "COMPILE_MODES",

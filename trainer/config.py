@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal, get_args
 
-import torch
 
 from .defaults import BATCH_SIZE, EPOCHS
-from .files import atomic_torch_save
+from .losses import LossTerm, loss_terms
 from .losses.graph import Reduction, Similarity
 from .models import ModelSpec
 
@@ -35,12 +32,14 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The loss mix: CE + Hinton KD + graph-RKD + RKD-D + RKD-A, each with its own weight.
+    """The loss mix: the registered terms (``losses``: CE + Hinton KD + graph-RKD + RKD-D + RKD-A,
+    and any term a module registers), each with its own weight.
 
     Stages are numbered 1..3 (stage 3 is read after global average pooling). ``k=None`` keeps the
     dense graph; ``bandwidth`` scales the Gaussian kernel's sigma relative to the batch's median
     pairwise distance. Weights follow the papers' scales: KD includes T^2, graph-RKD with "sum"
-    reduction used lambda = 25, RKD-D 25, RKD-A 50.
+    reduction used lambda = 25, RKD-D 25, RKD-A 50. ``weights`` holds the weights of terms registered
+    beyond the built-in ones, by their weight key (``{"logit_l2_weight": 0.5}``).
     """
 
     ce_weight: float = 1.0
@@ -57,8 +56,11 @@ class LossConfig:
     rkd_distance_weight: float = 0.0
     rkd_angle_weight: float = 0.0
     rkd_layers: tuple[int, ...] = (3,)
+    weights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        extra = dict(self.weights.items() if isinstance(self.weights, dict) else self.weights)
+        object.__setattr__(self, "weights", tuple(sorted((str(k), v) for k, v in extra.items())))
         object.__setattr__(self, "layers", tuple(int(s) for s in self.layers))
         object.__setattr__(self, "rkd_layers", tuple(int(s) for s in self.rkd_layers))
         if self.layer_weights is not None:
@@ -75,29 +77,47 @@ class LossConfig:
             raise ValueError(f"loss.power must be at least 1, got {self.power}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"loss.k must be at least 1 (or None for dense), got {self.k}")
-        for name in ("ce_weight", "kd_weight", "temperature", "graph_weight", "bandwidth", "rkd_distance_weight", "rkd_angle_weight"):
-            value = getattr(self, name)
+        unknown = sorted(set(extra) - {term.weight for term in loss_terms()})
+        if unknown:
+            raise ValueError(f"unknown loss weight {unknown[0]!r}: the registered terms' weights are "
+                             f"{', '.join(term.weight for term in loss_terms())}")
+        numbers = {"temperature": self.temperature, "bandwidth": self.bandwidth,
+                   **{term.weight: self.weight_of(term) for term in loss_terms()}}
+        for name, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"loss.{name} must be a finite number, got {value!r}")
         if self.temperature <= 0 or self.bandwidth <= 0:
             raise ValueError("loss.temperature and loss.bandwidth must be positive")
-        weights = (self.ce_weight, self.kd_weight, self.graph_weight, self.rkd_distance_weight, self.rkd_angle_weight)
+        weights = [self.weight_of(term) for term in loss_terms()]
         if min(weights) < 0 or max(weights) == 0:
             raise ValueError("loss weights must be >= 0 with at least one positive")
 
+    def weight_of(self, term: LossTerm) -> float:
+        """The weight of a registered term: its field, or its entry of ``weights`` (0 when absent)."""
+        if term.weight in _FIELDS:
+            return getattr(self, term.weight)
+        return dict(self.weights).get(term.weight, 0.0)
+
+    def weighted(self) -> list[LossTerm]:
+        """The terms of the mix: those with a positive weight, and those always computed (CE)."""
+        return [term for term in loss_terms() if term.always or self.weight_of(term) > 0]
+
     @property
     def needs_teacher(self) -> bool:
-        return self.kd_weight > 0 or self.relational_stages != ()
+        return any(term.teacher and self.weight_of(term) > 0 for term in loss_terms())
 
     @property
     def relational_stages(self) -> tuple[int, ...]:
-        """The stages whose Gram matrices the relational terms read."""
+        """The stages whose Gram matrices the weighted terms read."""
         stages: set[int] = set()
-        if self.graph_weight > 0:
-            stages.update(self.layers)
-        if self.rkd_distance_weight > 0 or self.rkd_angle_weight > 0:
-            stages.update(self.rkd_layers)
+        for term in loss_terms():
+            if self.weight_of(term) > 0:
+                stages.update(term.stages(self))
         return tuple(sorted(stages))
+
+
+_FIELDS = {f.name for f in fields(LossConfig)}
+"""The weights that are ``LossConfig`` fields (the built-in terms'); the others live in ``weights``."""
 
 
 @dataclass(frozen=True)
@@ -157,121 +177,3 @@ class TrainConfig:
         data["loss"] = LossConfig(**data.get("loss", {}))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass
-class EpochReport:
-    """What ``fit`` reports after each epoch; the callback may answer True to stop training."""
-
-    epoch: int
-    epochs: int
-    val_acc: float
-    train_loss: float
-    loss_parts: dict[str, float]
-    lr: float
-    seconds: float
-    """The whole epoch: its training steps, then the validation pass (``eval_seconds`` of it)."""
-    eval_seconds: float = 0.0
-
-
-@dataclass
-class TrainState:
-    """A run paused after ``epoch`` epochs: enough to continue it exactly.
-
-    ``fit(config, data, resume=state)`` continues where the state stopped; since the learning-rate
-    schedule is defined over ``config.epochs`` and the batches by (seed, epoch), the continued run
-    equals one uninterrupted run. Saved files hold tensors and primitives only (``weights_only``).
-    """
-
-    epoch: int
-    model: dict[str, Any] = field(repr=False)
-    optimizer: dict[str, Any] = field(repr=False)
-    history: list[EpochReport] = field(default_factory=list)
-    train_seconds: float = 0.0
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the state atomically (a crash leaves the previous file, never a torn one)."""
-        return atomic_torch_save({"format": "rkd-search/train-state-v1", "epoch": self.epoch, "model": self.model,
-                                  "optimizer": self.optimizer, "history": [asdict(h) for h in self.history],
-                                  "train_seconds": self.train_seconds}, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "TrainState":
-        """Read a state written by ``save``; raises ``ValueError`` for a damaged or foreign file."""
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            if stored.get("format") != "rkd-search/train-state-v1":
-                raise ValueError("not an rkd-search training state")
-            return cls(int(stored["epoch"]), stored["model"], stored["optimizer"],
-                       [EpochReport(**h) for h in stored["history"]], float(stored["train_seconds"]))
-        except Exception as error:
-            raise ValueError(f"cannot read the training state {path} ({type(error).__name__}: {error})") from None
-
-
-@dataclass
-class TrainResult:
-    """A finished, stopped or paused run: selection metric, test metrics, teacher fidelity and cost.
-
-    A run paused before its last epoch (``fit(..., until=r)``) has no test metrics (they are
-    measured once, at the end) and carries ``state`` to continue from.
-    """
-
-    spec: ModelSpec
-    val_acc: float
-    test_acc: float | None
-    teacher_agreement: float | None
-    teacher_kl: float | None
-    macs: int
-    flops: int
-    params: int
-    train_seconds: float
-    epochs_done: int
-    epochs_planned: int
-    stopped_early: bool
-    input_shape: tuple[int, int, int] = (3, 32, 32)
-    history: list[EpochReport] = field(default_factory=list)
-    state_dict: dict[str, Any] | None = field(default=None, repr=False)
-    state: TrainState | None = field(default=None, repr=False, compare=False)
-    paused: bool = False
-    """Stopped before its last epoch by ``until``; ``state`` (when kept) continues it."""
-    compile_seconds: float = 0.0
-    """Seconds the first compiled steps took beyond an eager step (0 when not compiled); part of
-    ``train_seconds``."""
-    compile_fallback: str = ""
-    """Why the compiled step went back to eager (its compilation failed); empty otherwise."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything but the weights, as JSON-ready primitives (the weights travel as a tensor file)."""
-        data = asdict(self)
-        data.pop("state_dict")
-        data.pop("state")
-        data["spec"] = self.spec.to_dict()
-        data["input_shape"] = list(self.input_shape)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], state_dict: dict[str, Any] | None = None) -> "TrainResult":
-        data = dict(data)
-        data["spec"] = ModelSpec.from_dict(data["spec"])
-        data["input_shape"] = tuple(data["input_shape"])
-        data["history"] = [EpochReport(**epoch) for epoch in data.get("history", [])]
-        return cls(**data, state_dict=state_dict)
-
-    def metrics(self) -> dict[str, float]:
-        """The scalar metrics (test and teacher-fidelity metrics left out when not measured)."""
-        values = {
-            "val_acc": self.val_acc,
-            "macs": float(self.macs),
-            "flops": float(self.flops),
-            "params": float(self.params),
-            "train_seconds": self.train_seconds,
-            "epochs_done": float(self.epochs_done),
-        }
-        if self.test_acc is not None:
-            values["test_acc"] = self.test_acc
-        if self.teacher_agreement is not None:
-            values["teacher_agreement"] = self.teacher_agreement
-            values["teacher_kl"] = float(self.teacher_kl)
-        if self.compile_seconds:
-            values["compile_seconds"] = self.compile_seconds
-        return values

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data import normalize
+from .batches import normalize
 from .deploy import RawImageInput
 from .files import atomic_write
 

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .data import ImageDataset, train_batches
+from .batches import train_batches
+from .data import ImageDataset
 from .losses import gram_matrix, graph_rkd_loss
 from .models import ModelSpec, build_model
 from .targets import TeacherSignals

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from ._device import autocast, resolve_device, resolve_precision, use_channels_last
 from .config import STAGES
 from .defaults import BATCH_SIZE
-from .data import ImageDataset, eval_batches, num_train_batches, train_batches
+from .batches import eval_batches, num_train_batches, train_batches
+from .data import ImageDataset
 from .losses import gram_matrix
 from .checkpoint import weights_digest
 from .files import atomic_torch_save, atomic_write_text

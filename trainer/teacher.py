@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from .checkpoint import TeacherError, check_teacher_fits, is_own_checkpoint, load_checkpoint, save_checkpoint, weights_digest
-from .config import EpochReport, LossConfig, TrainConfig, TrainState
+from .config import LossConfig, TrainConfig
+from .results import EpochReport, TrainState
 from .data import ImageDataset, default_cache_dir
 from .defaults import TEACHER, TEACHER_EPOCHS
-from .loop import fit
+from .fit import fit
 from .models import ModelSpec, build_model
 from .foreign import adapter_digest, foreign_teacher, parse_reference
 from .ops import OpsCount, count_spec_ops, count_teacher_ops

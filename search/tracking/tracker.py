@@ -13,14 +13,12 @@ driver of any back-end can log any trial.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import logging
 import math
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,6 +27,7 @@ from rkd_search.trainer import EpochReport, TrainResult
 from .. import names
 from ..errors import UsageError
 from ..records import TrialRecord, TrialState
+from .client import PatientClient, store_lock
 from .settings import TrackingSettings, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -37,74 +36,12 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@contextmanager
-def _store_lock(settings: TrackingSettings):
-    """Serialise the creation of a SQLite store between processes: two searches starting at once on a
-    fresh ``mlflow.db`` would otherwise both create its schema (``duplicate column name``)."""
-    db = sqlite_path(settings.tracking_uri)
-    if db is None:
-        yield
-        return
-    db.absolute().parent.mkdir(parents=True, exist_ok=True)
-    with open(db.absolute().with_name(f".{db.name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-LOCK_WAIT_SECONDS = 900.0
-"""How long a write waits for a store another process holds locked before the search gives up."""
-
-
-def _locked(error: BaseException) -> bool:
-    return "database is locked" in str(error) or "database table is locked" in str(error)
-
-
-class PatientClient:
-    """An ``MlflowClient`` whose calls wait out a store another process holds locked.
-
-    SQLite lets one writer in at a time; MLflow gives up after about 20 s with ``database is
-    locked``, which killed a search while, for instance, another program held the file for a minute.
-    Every call retries with a growing pause, saying once that it waits, for up to ``wait`` seconds;
-    a locked write was not committed, so retrying it is safe."""
-
-    def __init__(self, client, wait: float = LOCK_WAIT_SECONDS) -> None:
-        self._client, self._wait = client, wait
-
-    def __getattr__(self, name: str):
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args, **kwargs):
-            deadline, pause = None, 0.5
-            while True:
-                try:
-                    return attribute(*args, **kwargs)
-                except Exception as error:
-                    if not _locked(error):
-                        raise
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + self._wait
-                        log.warning("the MLflow store is locked by another process (%s); waiting for it, up to %.0f minutes",
-                                    type(error).__name__, self._wait / 60)
-                    if now > deadline:
-                        raise
-                    time.sleep(pause)
-                    pause = min(5.0, pause * 2)
-
-        return call
-
-
 class Tracker:
     def __init__(self, settings: TrackingSettings) -> None:
         from mlflow import MlflowClient
 
         self.settings = settings
-        with _store_lock(settings):
+        with store_lock(settings):
             self.client = PatientClient(MlflowClient(tracking_uri=settings.tracking_uri))
             experiment = self.client.get_experiment_by_name(settings.experiment)
             if experiment is None:
@@ -296,8 +233,12 @@ class Tracker:
             logits = model(torch.from_numpy(example)).numpy()
         mlflow.set_tracking_uri(self.settings.tracking_uri)
         with mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+            # the pt2 file needs torch alone: said outright, as MLflow's inference (a subprocess that
+            # imports the model again) took 14 of a 1-epoch run's 50 s
+            requirements = [f"torch=={torch.__version__.split('+')[0]}"]
             info = mlflow.pytorch.log_model(model, name="model", input_example=example, signature=infer_signature(example, logits),
-                                            serialization_format="pt2", metadata=card, registered_model_name=register)
+                                            serialization_format="pt2", metadata=card, registered_model_name=register,
+                                            pip_requirements=requirements)
         version = None
         if register:
             version = str(info.registered_model_version)

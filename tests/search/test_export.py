@@ -275,3 +275,26 @@ def test_a_run_of_the_same_name_never_replaces_another_runs_export(digits_search
     assert str(beside) in result.stdout
     assert export(first).returncode == 0
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == sorted([folder.name, beside.name])
+
+
+@pytest.mark.slow
+def test_an_export_format_of_one_module_is_picked_up_by_export_and_the_command_line(digits_search, tmp_path):
+    from rkd_search.search.cli import _export_parser
+    from rkd_search.search.formats import unregister_format
+
+    from . import statedict_format
+
+    statedict_format.register()
+    try:
+        assert "state_dict: the weights as a plain state_dict" in " ".join(_export_parser().format_help().split())
+        chosen = _front_run(digits_search.out)
+        result = run_here("export", chosen.info.run_id, "--format", "state_dict,onnx", "--output", str(tmp_path), "--tracking-uri",
+                          f"sqlite:///{digits_search.out}/mlflow.db", cwd=digits_search.root)
+        assert result.returncode == 0, result.stderr[-2000:]
+    finally:
+        unregister_format("state_dict")
+    folder = tmp_path / "exports" / chosen.info.run_name
+    card = json.loads((folder / "student.json").read_text())
+    assert card["files"] == {"onnx": "student.onnx", "state_dict": "student.state_dict.pt"}
+    weights = torch.load(folder / "student.state_dict.pt", weights_only=True)
+    assert card["state_dict_tensors"] == len(weights) and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())

@@ -41,20 +41,21 @@ def _runs_in(db: Path) -> int:
 
 @pytest.mark.slow
 def test_a_store_another_process_holds_locked_is_waited_out(tmp_path):
-    """40 s of an exclusive lock on mlflow.db while trials train: the search waits, says so, and ends well."""
+    """27 s of an exclusive lock on mlflow.db while trials train (MLflow gives up after 20: its SQLite
+    busy timeout): the search waits, says so, and ends well."""
     out = tmp_path / "out"
-    process = start_cli(*digits(out, 3, epochs=2), cwd=tmp_path, env=env_for(tmp_path, **ONE_THREAD))
+    process = start_cli(*digits(out, 2, epochs=2), cwd=tmp_path, env=env_for(tmp_path, **ONE_THREAD))
     _wait_for(lambda: _runs_in(out / "mlflow.db") >= 3, 300, "first trial run", process)  # teacher, search, trial
     holder = sqlite3.connect(out / "mlflow.db", isolation_level=None, timeout=60)
     holder.execute("BEGIN EXCLUSIVE")
-    time.sleep(40)
+    time.sleep(27)
     holder.execute("COMMIT")
     holder.close()
     stdout, stderr = communicate_or_dump(process, 600)
     assert process.returncode == 0, stderr[-3000:]
     assert "locked by another process" in stderr and "Traceback" not in stderr
     _, (parent,), _, children = mlflow_runs(out)
-    assert parent.info.status == "FINISHED" and len(children) == 3
+    assert parent.info.status == "FINISHED" and len(children) == 2
     assert all(c.data.tags["rkd.state"] == "complete" and c.info.status == "FINISHED" for c in children)
 
 
@@ -68,7 +69,7 @@ def test_a_full_disk_stops_the_search_cleanly_and_the_rerun_resumes(tmp_path):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode == 0
     try:
         out = disk / "out"
-        args = digits(out, 3, epochs=2)
+        args = digits(out, 2)
         args[args.index("--tracking-uri") + 1] = f"sqlite:///{tmp_path}/mlflow.db"
         process = start_cli(*args, cwd=tmp_path, env=env_for(tmp_path, **ONE_THREAD))
         _wait_for(lambda: (out / "pareto.csv").exists(), 300, "pareto.csv", process)
@@ -100,7 +101,7 @@ def test_a_full_disk_stops_the_search_cleanly_and_the_rerun_resumes(tmp_path):
         rerun = run_cli(*args, cwd=tmp_path, env=env_for(tmp_path, **ONE_THREAD))
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         done = [r for r in client.search_runs([runs[0].info.experiment_id], "tags.`rkd.state` = 'complete'")]
-        assert len(done) == 3
+        assert len(done) == 2
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
@@ -127,8 +128,8 @@ def test_ctrl_c_while_the_teacher_trains_then_the_rerun_resumes_it_at_the_epoch_
 
     cache = tmp_path / "cache"
     out = tmp_path / "out"
-    args = digits(out, 1)
-    args[args.index("--teacher-epochs") + 1] = "4"
+    args = digits(out, 1, "--teacher", "wrn10_1")  # the default WRN-28-1 resumes the same way, at thrice the cost
+    args[args.index("--teacher-epochs") + 1] = "3"
     env = env_for(tmp_path, RKD_CACHE_DIR=str(cache), **ONE_THREAD)
     process = start_cli(*args, cwd=tmp_path, env=env)
 
@@ -139,7 +140,7 @@ def test_ctrl_c_while_the_teacher_trains_then_the_rerun_resumes_it_at_the_epoch_
         except ValueError:
             return 0
 
-    _wait_for(lambda: partial_epoch() >= 2, 300, "teacher checkpoint at epoch 2", process)
+    _wait_for(lambda: partial_epoch() >= 1, 300, "teacher checkpoint at epoch 1", process)
     process.send_signal(signal.SIGINT)
     stdout, stderr = communicate_or_dump(process, 120)
     assert process.returncode == 130, stderr[-2000:]
@@ -147,7 +148,7 @@ def test_ctrl_c_while_the_teacher_trains_then_the_rerun_resumes_it_at_the_epoch_
     reached = partial_epoch()
     rerun = run_cli(*args, cwd=tmp_path, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"resuming the teacher wrn28_1 at epoch {reached} of 4" in rerun.stdout
+    assert f"resuming the teacher wrn10_1 at epoch {reached} of 3" in rerun.stdout
     assert not list((cache / "teachers").glob("*.partial.pt"))
     _, (parent,), _, _ = mlflow_runs(out)
     import torch
@@ -155,7 +156,7 @@ def test_ctrl_c_while_the_teacher_trains_then_the_rerun_resumes_it_at_the_epoch_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the search ran: the same sums in the same order
     try:
-        straight, _, _, _ = train_teacher(load_dataset("digits"), "wrn28_1", epochs=4, seed=0, cache_dir=tmp_path / "straight")
+        straight, _, _, _ = train_teacher(load_dataset("digits"), "wrn10_1", epochs=3, seed=0, cache_dir=tmp_path / "straight")
     finally:
         torch.set_num_threads(threads)
     assert parent.data.params["teacher.digest"] == weights_digest(straight)
@@ -172,7 +173,7 @@ def test_a_fork_server_killed_while_it_replaces_a_dead_worker_is_replaced(tmp_pa
     import psutil
 
     out = tmp_path / "out"
-    process = start_cli(*digits(out, 6, "--jobs", "2", epochs=3), cwd=tmp_path, env=env_for(tmp_path, **ONE_THREAD))
+    process = start_cli(*digits(out, 4, "--jobs", "2", epochs=2), cwd=tmp_path, env=env_for(tmp_path, **ONE_THREAD))
     driver = psutil.Process(process.pid)
 
     def living(processes):
@@ -200,4 +201,4 @@ def test_a_fork_server_killed_while_it_replaces_a_dead_worker_is_replaced(tmp_pa
     assert process.returncode == 0, stderr[-3000:]
     assert "fork server is gone" in stderr and "Traceback" not in stderr, stdout[-3000:]
     states = [r.state for r in records(out)]
-    assert sum(state.finished for state in states) == 6 and states.count("failed") == 1  # the worker killed first
+    assert sum(state.finished for state in states) == 4 and states.count("failed") == 1  # the worker killed first

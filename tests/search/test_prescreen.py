@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState as OptunaState
 
-from rkd_search.search.backends.embedded import run_trials
+from rkd_search.search.backends.local import run_trials
 from rkd_search.search.objective import Limits
 from rkd_search.search.prescreen import Prescreen
 from rkd_search.spaces import TrialPlan

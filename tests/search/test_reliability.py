@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rkd_search.search.backends.workers import WORKER_NAME
+from rkd_search.search.backends.local.worker import WORKER_NAME
 from rkd_search.search.cli import main
 from rkd_search.search.pareto import compute_front
 from rkd_search.search.tracking import Tracker, TrackingSettings
@@ -166,7 +166,7 @@ def test_a_trial_that_crashes_natively_fails_with_its_signal_and_the_search_goes
     named, the search trains the others in a new worker and finishes with exit 0."""
     from rkd_search.search import parse_budget
     from rkd_search.search.driver import run_search
-    from rkd_search.search.setup import SearchOptions
+    from rkd_search.search.options import SearchOptions
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RKD_CACHE_DIR", env_for(tmp_path)["RKD_CACHE_DIR"])

@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 
 from rkd_search.search import UsageError, parse_budget
-from rkd_search.search.setup import SearchOptions, check_flags, check_limits_reachable, validate
+from rkd_search.search.options import SearchOptions
+from rkd_search.search.options import check as check_flags
+from rkd_search.search.setup import check_limits_reachable, validate
 from rkd_search.spaces import TrialContext, load_space
 
 

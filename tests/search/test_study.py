@@ -6,8 +6,8 @@ import pytest
 
 from rkd_search.search import UsageError
 from rkd_search.search.budget import parse_budget
-from rkd_search.search.driver import sampler_note
-from rkd_search.search.setup import SearchOptions
+from rkd_search.search.start import sampler_note
+from rkd_search.search.options import SearchOptions
 from rkd_search.search.study import OutputLock, check_journal, make_sampler, open_study, startup_trials, stored_settings
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .helpers import SHARED, mlflow_runs, run_cli, run_here, start_cli
+from .helpers import SHARED, mlflow_runs, run_here, start_cli
 
 pytestmark = pytest.mark.xdist_group(SHARED)
 
@@ -83,7 +83,7 @@ def test_the_logged_model_loads_and_gives_the_students_logits_and_the_alias_poin
     from mlflow import MlflowClient
 
     from rkd_search.trainer import ModelSpec, build_model, load_dataset
-    from rkd_search.trainer.data import normalize
+    from rkd_search.trainer.batches import normalize
 
     search, _, run = trained
     client = MlflowClient(_uri(search.out))
@@ -104,6 +104,8 @@ def test_the_logged_model_loads_and_gives_the_students_logits_and_the_alias_poin
     got = loaded(images)  # a batch of 8: the batch dimension stays free
     assert got.shape == (8, 10)
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    requirements = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion/requirements.txt")
+    assert f"torch=={torch.__version__.split('+')[0]}" in Path(requirements).read_text().split()
 
 
 def test_export_takes_the_trained_run_and_says_which_weights_it_exports(trained, tmp_path):
@@ -173,9 +175,9 @@ def _wait_for_epoch(process, folder: Path, epoch: int, timeout: float = 240) -> 
 def test_kill_9_then_the_same_command_gives_the_weights_of_an_uninterrupted_run(digits_search, tmp_path):
     out, root = digits_search.out, digits_search.root
     trial = _expected_best(out).info.run_id
-    args = lambda folder: ["train", trial, "--epochs", "3", "--no-int8", "--output", str(folder), "--tracking-uri", _uri(out),  # noqa: E731
+    args = lambda folder: ["train", trial, "--epochs", "2", "--no-int8", "--output", str(folder), "--tracking-uri", _uri(out),  # noqa: E731
                            "--no-progress"]
-    whole = run_cli(*args(tmp_path / "whole"), cwd=root)
+    whole = run_here(*args(tmp_path / "whole"), cwd=root)  # in this process: the same threads (one per xdist worker)
     assert whole.returncode == 0, whole.stderr[-3000:]
     killed = tmp_path / "killed"
     folder = killed / "train"
@@ -186,7 +188,7 @@ def test_kill_9_then_the_same_command_gives_the_weights_of_an_uninterrupted_run(
     finally:
         process.kill()
         process.communicate()
-    resumed = run_cli(*args(killed), cwd=root)
+    resumed = run_here(*args(killed), cwd=root)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
     runs = {r.data.tags["rkd.train_key"].rsplit(":", 1)[1]: r for r in _train_runs(out) if r.data.tags["rkd.trial_run"] == trial
@@ -217,7 +219,7 @@ def test_ctrl_c_sigterm_and_timeout_stop_cleanly_and_a_second_train_is_refused(d
     process = start_cli(*args, cwd=root)
     folder = _wait_for_folder(tmp_path / "train")
     reached = _wait_for_epoch(process, folder, 1)
-    second = run_cli(*args, cwd=root)
+    second = run_here(*args, cwd=root)  # no signal to take: in this process, as every call below that needs none
     assert second.returncode == 2 and "in use by another rkd-search" in second.stderr, second.stderr[-2000:]
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
@@ -232,10 +234,10 @@ def test_ctrl_c_sigterm_and_timeout_stop_cleanly_and_a_second_train_is_refused(d
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "stopped by SIGTERM" in stdout, stderr[-2000:]
-    assert f"resuming" in stdout
+    assert "resuming" in stdout
     after_term = _checkpoint_epoch(folder)
 
-    timed = run_cli(*args, "--timeout", "1s", cwd=root)
+    timed = run_here(*args, "--timeout", "1s", cwd=root)
     assert timed.returncode == 0, timed.stderr[-2000:]
     assert _checkpoint_epoch(folder) == after_term + 1 and "--timeout" in timed.stdout
     runs = [r for r in _train_runs(out) if str(tmp_path) in r.data.tags["rkd.train_key"]]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rkd_search.trainer import DataError, load_dataset
-from rkd_search.trainer.data import Augmentation, augment_batch, train_batches
+from rkd_search.trainer.batches import augment_batch, train_batches
+from rkd_search.trainer.data import Augmentation
 
 
 def test_synthetic_dataset_shapes_and_split(synthetic):

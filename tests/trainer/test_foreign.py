@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from rkd_search.trainer import LossConfig, ModelSpec, TeacherError, TrainConfig, find_teacher, fit, prepare_teacher
-from rkd_search.trainer.foreign import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, TappedTeacher, choose_taps
+from rkd_search.trainer.foreign import IMAGENET_MEAN, IMAGENET_STD
+from rkd_search.trainer.taps import Preprocessing, TappedTeacher, choose_taps
 
 
 def torchvision_model(name: str, classes: int = 4):

@@ -45,7 +45,7 @@ def test_the_graph_proxy_is_zero_for_the_teachers_own_geometry_and_negative_othe
     spec = ModelSpec("wrn", 10, 0.5, num_classes=4)
     torch.manual_seed(0)
     model = build_model(spec)
-    from rkd_search.trainer.data import train_batches
+    from rkd_search.trainer.batches import train_batches
 
     own = []
     model.train()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rkd_search.trainer import LiveTeacher, LossConfig, ModelSpec, TeacherTargets, TrainConfig, build_model, fit
-from rkd_search.trainer.data import train_batches
-from rkd_search.trainer.loop import distillation_loss
+from rkd_search.trainer.batches import train_batches
+from rkd_search.trainer.step import distillation_loss
 
 LOSSES = [
     LossConfig(graph_weight=25.0),

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ._gram import squared_distances
+from ._registry import LossTerm, register_loss
 
 Similarity = Literal["cosine", "gaussian"]
 Reduction = Literal["sum", "mean"]
@@ -118,3 +119,13 @@ def graph_rkd_loss(
         layer_loss = squared.sum() if reduction == "sum" else squared.mean()
         total = total + weight * layer_loss
     return total / sum(weights)
+
+
+def _graph_term(config, batch) -> Tensor:
+    return graph_rkd_loss([batch.student_grams[s] for s in config.layers], [batch.teacher_grams[s] for s in config.layers],
+                          similarity=config.similarity, k=config.k, bandwidth=config.bandwidth, power=config.power,
+                          layer_weights=config.layer_weights, reduction=config.reduction)
+
+
+register_loss(LossTerm("graph", "graph_weight", _graph_term, stages=lambda config: tuple(config.layers),
+                       summary="graph-based relative KD on the graph.layers stages (Lassance et al. 2020)"))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._registry import LossTerm, register_loss
+
 
 def hinton_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
     student = F.log_softmax(student_logits.float() / temperature, dim=1)
@@ -21,3 +23,7 @@ def hinton_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: 
 def teacher_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
     """Predictive KL(p_teacher || p_student) at T = 1, batch mean (Stanton et al., NeurIPS 2021)."""
     return hinton_kd_loss(student_logits, teacher_logits, temperature=1.0)
+
+
+register_loss(LossTerm("kd", "kd_weight", lambda config, batch: hinton_kd_loss(batch.logits, batch.teacher_logits, config.temperature),
+                       summary="Hinton KD on the logits at loss.temperature, T^2-scaled (Hinton et al. 2014)"))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._gram import distances
+from ._registry import LossTerm, register_loss
 
 
 def _normalized_distances(gram: Tensor) -> Tensor:
@@ -50,3 +51,16 @@ def rkd_angle_loss(student_gram: Tensor, teacher_gram: Tensor) -> Tensor:
     with torch.no_grad():
         teacher = _angles(teacher_gram)
     return F.smooth_l1_loss(_angles(student_gram), teacher, reduction="mean")
+
+
+def _over_stages(function):
+    def term(config, batch) -> Tensor:
+        return torch.stack([function(batch.student_grams[s], batch.teacher_grams[s]) for s in config.rkd_layers]).mean()
+
+    return term
+
+
+register_loss(LossTerm("rkd_distance", "rkd_distance_weight", _over_stages(rkd_distance_loss),
+                       stages=lambda config: tuple(config.rkd_layers), summary="RKD-D, pairwise distances (Park et al. 2019)"))
+register_loss(LossTerm("rkd_angle", "rkd_angle_weight", _over_stages(rkd_angle_loss),
+                       stages=lambda config: tuple(config.rkd_layers), summary="RKD-A, triplet angles (Park et al. 2019)"))

@@ -73,6 +73,23 @@ class ThreeStageNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.head(x)), 1))
 
 
+def init_weights(model: nn.Module, linear_std: float | None = None) -> None:
+    """He-normal convolutions (fan out), BatchNorm at identity, zero linear biases; the linear weights
+    drawn from N(0, ``linear_std``) when given (MobileNetV2), else left at PyTorch's default (ResNets)."""
+    if model.fc.weight.is_meta:  # built only to be measured: random init on the meta device is slow and pointless
+        return
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            if linear_std is not None:
+                nn.init.normal_(module.weight, 0, linear_std)
+            nn.init.zeros_(module.bias)
+
+
 class StagedResNet(ThreeStageNet):
     """Stem, three stages of basic blocks, pooled linear head.
 
@@ -115,13 +132,4 @@ class StagedResNet(ThreeStageNet):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        if self.fc.weight.is_meta:  # built only to be measured: random init on the meta device is slow and pointless
-            return
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        init_weights(self)

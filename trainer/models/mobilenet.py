@@ -20,7 +20,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ._registry import ModelSpec, register_family, stage_channels
-from ._staged import ThreeStageNet, stage_feature_info
+from ._staged import ThreeStageNet, init_weights, stage_feature_info
 
 HEAD_RATIO = 4
 
@@ -86,17 +86,7 @@ class MobileNetV2(ThreeStageNet):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        if self.fc.weight.is_meta:  # built only to be measured: random init on the meta device is slow and pointless
-            return
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_weights(self, linear_std=0.01)
 
 
 @register_family("mbv2", depths=lambda d: d >= 3, depth_rule="three stages of at least one block each",

@@ -1,8 +1,9 @@
-"""The distributed back-end: the same objective and trial lifecycle as Ray Tune trials searched by Optuna.
+"""The distributed back-end (``--backend ray``): the same objective and trial lifecycle as Ray Tune
+trials searched by Optuna.
 
 - ``cluster``: a local Ray on loopback or a cluster, and the storage every node must see;
 - ``tune``: the trainable, the searcher, the rung scheduler and the callback to the lifecycle;
-- ``loop``: the search's missing trials as one Tune experiment.
+- ``experiment``: the search's missing trials as one Tune experiment.
 
 Every MLflow write happens on the driver (workers need no access to the tracking store). Resume:
 the study lives in the journal file under ``--output``; a rerun starts a new Tune experiment that
@@ -10,7 +11,27 @@ runs only the missing trials, and resumes the trials a stopped driver left RUNNI
 own numbers and runs.
 """
 
-from .cluster import RaySession, connect
-from .loop import run_trials
+from __future__ import annotations
 
-__all__ = ["RaySession", "connect", "run_trials"]
+from ...errors import UsageError
+from .cluster import RaySession, connect
+from .experiment import run_trials
+
+
+def check(options) -> None:
+    """Tune schedules the trials: the local back-end's compute budget has no meaning here."""
+    if options.max_student_epochs is not None:
+        raise UsageError("--max-student-epochs is for the embedded back-end; with --backend ray use --trials or --timeout")
+
+
+def prepare(options) -> None:
+    """Nothing starts before the search: Ray starts (or is joined) in ``connect``."""
+    return None
+
+
+def close(session: RaySession | None) -> None:
+    if session is not None:
+        session.close()
+
+
+__all__ = ["RaySession", "check", "close", "connect", "prepare", "run_trials"]

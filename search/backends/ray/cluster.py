@@ -64,7 +64,6 @@ class RaySession:
     storage: str
     trial_resources: dict[str, float] = field(default_factory=dict)
     max_concurrent: int | None = None
-    address: str | None = None
     watchdog: subprocess.Popen | None = None
 
     def close(self) -> None:
@@ -76,7 +75,7 @@ class RaySession:
             self.watchdog.wait(timeout=10)
 
 
-def connect(setup) -> RaySession:
+def connect(setup, prepared=None) -> RaySession:
     """Start a local Ray (listening on 127.0.0.1 only), or join the cluster at --address / RAY_ADDRESS,
     and check that its nodes share the experiment storage. Called when the search starts, before
     anything is created: an unreachable cluster or unshared storage fails with one line."""
@@ -112,7 +111,7 @@ def connect(setup) -> RaySession:
         if watchdog is not None:
             watchdog.kill()
         raise
-    return RaySession(storage, dict(options.trial_resources), options.max_concurrent, address, watchdog)
+    return RaySession(storage, dict(options.trial_resources), options.max_concurrent, watchdog)
 
 
 def _watch_local_ray() -> subprocess.Popen | None:

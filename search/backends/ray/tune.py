@@ -31,6 +31,8 @@ from ...objective import train_student
 
 FINAL = "rkd_final"
 """The key of a trial's last report (its full-fidelity result)."""
+RESULT_FILE = "result.pt"
+"""The trial's result and weights in its checkpoint (``TrainResult.to_bytes``)."""
 
 
 # -- the trainable: runs in a Ray worker ------------------------------------------------------------
@@ -58,8 +60,7 @@ def train_trial(config: dict[str, Any], data=None, targets=None, train: Callable
 
     result = train(train_config, data, targets, report)
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(result.state_dict, Path(folder) / "weights.pt")
-        (Path(folder) / "result.json").write_text(json.dumps(result.to_dict()))
+        (Path(folder) / RESULT_FILE).write_bytes(result.to_bytes())
         tune.report(
             {"val_acc": result.val_acc, "macs": float(result.macs), FINAL: True, "rkd_node": node,
              "rkd_epoch": json.dumps(result.history[-1].__dict__)},
@@ -171,10 +172,6 @@ class TuneEvents:
 
         self.callback = Forward()
 
-    @property
-    def running(self) -> int:
-        return len(self.numbers)
-
     def start(self, trial) -> None:
         number = trial.config["rkd"]["number"]
         plan = self.lifecycle.plan_of(number)
@@ -201,10 +198,7 @@ class TuneEvents:
             self.lifecycle.infeasible(number, self.lifecycle.plan_of(number))
         elif last.get(FINAL) and trial.trial_id in self.checkpoints:
             with self.checkpoints.pop(trial.trial_id).as_directory() as folder:
-                import torch
-
-                state_dict = torch.load(Path(folder) / "weights.pt", map_location="cpu", weights_only=True)
-                result = TrainResult.from_dict(json.loads((Path(folder) / "result.json").read_text()), state_dict)
+                result = TrainResult.from_bytes((Path(folder) / RESULT_FILE).read_bytes())
             self.lifecycle.finish(number, result, tags=tags)
         else:  # stopped by the scheduler at a rung: kept with how far it got, off the front
             self.lifecycle.prune(number, "not promoted", tags=tags)

@@ -14,7 +14,7 @@ from pathlib import Path
 from rkd_search.search import TrialState, compute_front
 from rkd_search.search.lifecycle import Lifecycle
 from rkd_search.search.names import STUDY_PARENT_RUN
-from rkd_search.search.loop import TrialLoop
+from rkd_search.search.trial_loop import TrialLoop
 from rkd_search.search.objective import DIRECTIONS, Limits, LoopOptions, Objective
 from rkd_search.search.recorder import FrontSettings, Recorder
 from rkd_search.search.report import Progress

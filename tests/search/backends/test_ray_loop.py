@@ -69,7 +69,7 @@ def drive_like_tune(pieces, samples: int, tmp_path: Path, interrupt_after: int |
 def test_ray_loop_records_like_the_embedded_loop_and_resumes(tracker, tmp_path, synthetic, monkeypatch, rungs):
     from ray import tune
 
-    from rkd_search.search.backends.ray.loop import tune_pieces
+    from rkd_search.search.backends.ray.experiment import tune_pieces
     from rkd_search.search.lifecycle import finished_trials
 
     monkeypatch.setattr(tune, "report", tune.report)  # drive_like_tune replaces it

@@ -7,7 +7,10 @@ import signal
 
 import pytest
 
-from rkd_search.search.backends.workers import Done, Epoch, Failed, Job, WorkerFiles, WorkerPool, describe_exit
+from rkd_search.search.backends.local.jobs import Done, Epoch, Failed, Job
+from rkd_search.search.backends.local.pool import WorkerPool
+from rkd_search.search.backends.local.worker import describe_exit
+from rkd_search.search.trial_loop import SharedFiles
 from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig
 
 
@@ -19,7 +22,7 @@ def job(number: int, width: float, epochs: int = 2, until: int | None = None, ch
 @pytest.fixture()
 def files(tmp_path, synthetic):
     data = synthetic.save(tmp_path / "data.pt")
-    return lambda train: WorkerFiles(str(data), None, 2, "cpu", 1, f"tests.search.backends.crashing:{train}")
+    return lambda train: SharedFiles(str(data), None, 2, "cpu", 1, f"tests.search.backends.crashing:{train}")
 
 
 def collect(pool: WorkerPool) -> list:
@@ -80,7 +83,10 @@ def test_exit_codes_are_described():
 
 FORKED_THEN_FROM_THE_FORK_SERVER = """
 import json, os, sys, torch
-from rkd_search.search.backends.workers import Done, WorkerFiles, WorkerPool, fresh_process
+from rkd_search.search.backends.local.jobs import Done
+from rkd_search.search.backends.local.pool import WorkerPool
+from rkd_search.search.backends.local.worker import fresh_process
+from rkd_search.search.trial_loop import SharedFiles
 from tests.search.backends.test_workers import job
 
 def started(pool):
@@ -93,7 +99,7 @@ def started(pool):
         return "fork server" if b"multiprocessing.forkserver" in server.read() else "other"
 
 def train(pool):
-    pool.configure(WorkerFiles(sys.argv[1], None, 2, "cpu", 2, "tests.search.backends.crashing:segfault_on_wide_students"))
+    pool.configure(SharedFiles(sys.argv[1], None, 2, "cpu", 2, "tests.search.backends.crashing:segfault_on_wide_students"))
     pool.submit(job(0, 0.5, epochs=1))
     events = []
     while pool.running:

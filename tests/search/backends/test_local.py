@@ -1,4 +1,4 @@
-"""The embedded back-end's loop (Optuna ask-and-tell) in this process, with a stub training function."""
+"""The local back-end's loop (Optuna ask-and-tell) in this process, with a stub training function."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from optuna.trial import TrialState as OptunaState
 
 from rkd_search.search import SearchError, TrialState
-from rkd_search.search.backends.embedded import run_trials
+from rkd_search.search.backends.local import run_trials
 from rkd_search.search.objective import Limits
 
 from .loops import StubTrain, check_front_tags, children, make_loop
@@ -155,14 +155,15 @@ def test_a_compute_budget_counts_the_epochs_running_trials_will_train(tracker, t
     once, then more as each finished: --jobs 8 trained 120 student-epochs of a budget of 96)."""
     from dataclasses import replace
 
-    from rkd_search.search.backends.embedded import EmbeddedLoop
-    from rkd_search.search.backends.workers import InProcess
+    from rkd_search.search.backends.local import Runner
+    from rkd_search.search.backends.local.jobs import InProcess
+    from rkd_search.search.scheduling import Scheduler
 
     train = StubTrain()
     loop = make_loop(tracker, tmp_path, train, trials=10, synthetic=synthetic)
     loop.options = replace(loop.options, max_student_epochs=20)  # two trials of 9 epochs fit, a third does not
     three_slots = InProcess(loop.train, loop.data, loop.targets, capacity=3)  # submitted jobs wait their turn: in flight
-    assert EmbeddedLoop(loop, loop.lifecycle.rung_table(10), three_slots).run() is False  # stopped by the budget
+    assert Runner(loop, Scheduler.for_loop(loop.lifecycle, loop.options), three_slots).run() is False  # stopped by the budget
     assert len(train.calls) == 2 and loop.recorder.student_epochs == 18
     started = [t.state for t in loop.study.trials if t.state is not OptunaState.WAITING]  # a third hand-picked one waits
     assert started == [OptunaState.COMPLETE] * 2

@@ -1,4 +1,4 @@
-"""The Ray back-end's loop: the search's missing trials as one Tune experiment."""
+"""The Ray back-end's experiment: the search's missing trials as one Tune experiment."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from ... import names
 from ...errors import SearchError
 from ...lifecycle import finished_trials, study_storage
-from ...loop import TrialLoop
+from ...trial_loop import TrialLoop
 from ...objective import DIRECTIONS, OBJECTIVES
 from ...study import STUDY_NAME
 from .cluster import RaySession, trial_resources

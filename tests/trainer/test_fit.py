@@ -195,7 +195,7 @@ def test_a_compiled_step_gives_the_eager_loss_and_gradients():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", "from tests.trainer.test_loop import compiled_step_check; compiled_step_check()"],
+    done = subprocess.run([sys.executable, "-c", "from tests.trainer.test_fit import compiled_step_check; compiled_step_check()"],
                           cwd=root, capture_output=True, text=True, timeout=900)
     # the same kernel, when it does not crash, gives the 1x1 shortcut conv a wrong gradient (every time seen here)
     crashed = (done.returncode < 0 or done.returncode == 134 or "free(): " in done.stderr or "corrupted" in done.stderr
@@ -215,7 +215,7 @@ def compiled_step_check() -> None:
 
     from tests.conftest import make_synthetic
     from rkd_search.trainer.losses import gram_matrix
-    from rkd_search.trainer.loop import _step_loss
+    from rkd_search.trainer.step import step_loss
 
     synthetic = make_synthetic(seed=0)
     torch.set_num_threads(1)
@@ -230,7 +230,7 @@ def compiled_step_check() -> None:
     compiled = copy.deepcopy(eager)
     outputs = []
     for model, compile_it in ((eager, False), (compiled, True)):
-        total, parts = _step_loss(model, loss, "fp32", torch.device("cpu"), compiled=compile_it)(images, labels, teacher_logits, grams)
+        total, parts = step_loss(model, loss, "fp32", torch.device("cpu"), compiled=compile_it)(images, labels, teacher_logits, grams)
         total.backward()
         outputs.append((total.detach(), parts))
     torch.testing.assert_close(outputs[1][0], outputs[0][0], atol=1e-5, rtol=1e-5)
@@ -253,10 +253,10 @@ def compiled_step_check() -> None:
 
 
 def test_compiling_is_only_on_when_asked_until_a_gpu_measurement_says_otherwise():
-    from rkd_search.trainer.loop import _compiles
+    from rkd_search.trainer.step import compiles
 
-    assert not _compiles("auto", torch.device("cuda")) and not _compiles("auto", torch.device("cpu"))
-    assert _compiles("on", torch.device("cpu")) and _compiles("on", torch.device("cuda")) and not _compiles("off", torch.device("cuda"))
+    assert not compiles("auto", torch.device("cuda")) and not compiles("auto", torch.device("cpu"))
+    assert compiles("on", torch.device("cpu")) and compiles("on", torch.device("cuda")) and not compiles("off", torch.device("cuda"))
     with pytest.raises(ValueError, match="compile"):
         TrainConfig(student=STUDENT, compile="always")
 
@@ -264,12 +264,12 @@ def test_compiling_is_only_on_when_asked_until_a_gpu_measurement_says_otherwise(
 def test_a_compile_error_falls_back_to_eager_with_the_reason(synthetic, monkeypatch):
     """A back-end that fails to compile (as Inductor may on a GPU): the student trains eagerly, to the
     weights an eager run gives, and the result says why (the search tags the trial with it)."""
-    import rkd_search.trainer.loop as loop
+    import rkd_search.trainer.step as step
 
     def failing_backend(graph, example_inputs):
         raise RuntimeError("no kernel for this architecture")
 
-    monkeypatch.setattr(loop, "COMPILE_BACKEND", failing_backend)
+    monkeypatch.setattr(step, "COMPILE_BACKEND", failing_backend)
     config = TrainConfig(student=STUDENT, epochs=1, batch_size=32, precision="fp32", compile="on")
     result = fit(config, synthetic)
     assert "no kernel for this architecture" in result.compile_fallback and result.compile_seconds == 0
