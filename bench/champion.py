@@ -216,7 +216,18 @@ def main() -> None:
     arms = stored["arms"]
     for seed in args.seeds:
         key = str(seed)
-        for method, arm in (("default", "champion"), ("random", "random-best")):
+        # the champion and the usual trainings first; random search (a search of its own) last
+        for method, arm in (("default", "champion"), *((None, spec) for spec in students), ("random", "random-best")):
+            if method is None:
+                spec = arm
+                for kd in (False, True):
+                    arm = f"{spec.name} {'kd' if kd else 'ce'}"
+                    if key in arms.get(arm, {}):
+                        continue
+                    arms.setdefault(arm, {})[key] = baseline(args, data, spec, kd, seed, model)
+                    save()
+                    print(f"seed {seed} {arm}: test acc {arms[arm][key]['test_acc']:.4f}", flush=True)
+                continue
             if key in arms.get(arm, {}):
                 continue
             out = searched_once(method, seed)
@@ -226,14 +237,6 @@ def main() -> None:
             arms.setdefault(arm, {})[key] = result
             save()
             print(f"seed {seed} {arm}: {result['student']} test acc {result['test_acc']:.4f}", flush=True)
-        for spec in students:
-            for kd in (False, True):
-                arm = f"{spec.name} {'kd' if kd else 'ce'}"
-                if key in arms.get(arm, {}):
-                    continue
-                arms.setdefault(arm, {})[key] = baseline(args, data, spec, kd, seed, model)
-                save()
-                print(f"seed {seed} {arm}: test acc {arms[arm][key]['test_acc']:.4f}", flush=True)
     report(args, stored, command)
 
 
