@@ -188,7 +188,7 @@ def main() -> None:
     if args.report_only:
         if not stored.get("runs"):
             parser.error(f"--report-only: {args.results} holds no runs; run the benchmark first")
-        report(args, stored, command)
+        report(args, stored, stored.get("command", command))  # the command that made the runs
         return
     frozen = frozen_commit()
     if runs and stored.get("frozen") and stored["frozen"] != frozen:
@@ -207,7 +207,8 @@ def main() -> None:
             result["frozen"] = frozen
             runs.append(result)
             args.results.parent.mkdir(parents=True, exist_ok=True)
-            stored = {"settings": settings, "teacher": meta, "frozen": stored.get("frozen") or frozen,
+            stored = {"settings": settings, "teacher": meta, "frozen": stored.get("frozen") or frozen, "command": command,
+                      "threads": torch.get_num_threads(),
                       "split": f"{len(data.train_labels)}/{len(data.val_labels)}/{len(data.test_labels)}", "runs": runs}
             args.results.write_text(json.dumps(stored, indent=1))
             print(f"{method:8s} seed {seed}: {len(result['trials'])} trials, best val acc "
@@ -263,13 +264,16 @@ def report(args, stored: dict, command: str) -> None:
     total = sum(r["seconds"] for r in runs) / 60
     write_section(Path(args.doc), "search_out_of_sample", "The search out of sample: random, enqueue only and the default", [
         f"Command: `{command.strip()}`  ",
-        f"Run {date.today()} on {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, code "
+        f"Run {date.today()} on {platform.machine()}, torch {torch.__version__}, {stored.get('threads', torch.get_num_threads())} "
+        f"threads, code "
         f"`{frozen}` (the default frozen before the run). Images never used to tune the default: CIFAR-10 training images "
         f"{args.offset}-{args.offset + args.per_class - 1} of each class for training, the next {args.per_class} for validation "
         f"and the next {args.per_class} for test ({stored.get('split', '?')}), budget {args.budget} (the default was tuned at "
         f"20 M), teacher WRN-28-1 trained on that split ({args.teacher_epochs} epochs, test acc "
         f"{100 * teacher.get('test_acc', float('nan')):.2f}%), {args.epochs} epochs per trial, {args.compute} student-epochs "
-        f"per search, paired seeds {', '.join(map(str, seeds))}; the {len(runs)} searches took {total:.0f} minutes. The "
+        f"per search, paired seeds {', '.join(map(str, seeds))} ({len(seeds)} of the {len(args.seeds)} planned"
+        + (f"; seeds {', '.join(str(s) for s in args.seeds if s not in seeds)} not run yet: the same command continues" if
+           len(seeds) < len(args.seeds) else "") + f"); the {len(runs)} searches took {total:.0f} minutes. The "
         f"standard error of one validation accuracy near 40% on {val_size} images is "
         f"{100 * math.sqrt(0.4 * 0.6 / val_size):.2f} points.",
         "",
