@@ -290,6 +290,11 @@ def report(args, stored: dict, command: str) -> None:
         teacher_gap = 100 * (teacher.get("test_acc", float("nan")) - mean)
         goals.append(f"the teacher scores {100 * teacher.get('test_acc', float('nan')):.2f}%, {teacher_gap:+.2f} points above the champion")
     curve = stored.get("curve", {})
+    if curve:
+        longest = max(curve, key=int)
+        if curve[longest]["val_acc"] >= max(point["val_acc"] for point in curve.values()) and int(longest) == stored.get("epochs"):
+            goals.append(f"accuracy had not flattened by {longest} epochs (the curve's last point is its best): every arm is "
+                         "compared at that schedule, not at convergence")
     curve_rows = [f"| {epochs} | {100 * curve[epochs]['val_acc']:.2f} | {100 * curve[epochs]['test_acc']:.2f} | "
                   f"{'chosen' if int(epochs) == stored.get('epochs') else ''} |" for epochs in sorted(curve, key=int)]
     plot(args, stored)
