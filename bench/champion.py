@@ -141,7 +141,7 @@ def litert_int8(args, out: Path, run_id: str) -> dict:
 
 
 def baseline(args, data, spec: ModelSpec, kd: bool, seed: int, teacher) -> dict:
-    loss = LossConfig(ce_weight=1.0, kd_weight=1.0 if kd else 0.0, temperature=4.0)
+    loss = LossConfig(ce_weight=1.0, kd_weight=1.0 if kd else 0.0, temperature=defaults.KD_TEMPERATURE)
     config = TrainConfig(student=spec, loss=loss, epochs=args.epochs, seed=seed, **USUAL)
     started = time.perf_counter()
     result = fit(config, data, teacher=teacher)

@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 from _docs import write_section
-from rkd_search.trainer import LossConfig, ModelSpec, TeacherTargets, TrainConfig, fit, load_dataset, train_teacher
+from rkd_search.trainer import LossConfig, ModelSpec, TeacherTargets, TrainConfig, defaults, fit, load_dataset, train_teacher
 from rkd_search.trainer.data import default_cache_dir
 
 METHODS = {
     "CE only": LossConfig(),
-    "Hinton KD": LossConfig(kd_weight=1.0, temperature=4.0),
+    "Hinton KD": LossConfig(kd_weight=1.0, temperature=defaults.KD_TEMPERATURE),
     "RKD-D": LossConfig(rkd_distance_weight=25.0),
     "RKD-A": LossConfig(rkd_angle_weight=50.0),
     "graph-RKD (cosine)": LossConfig(graph_weight=25.0, similarity="cosine"),

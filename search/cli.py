@@ -20,6 +20,7 @@ from pathlib import Path
 from . import names
 from .budget import UNIT_NOTE, parse_duration
 from .errors import SearchError, UsageError
+from rkd_search.trainer import defaults
 from rkd_search.trainer.losses import describe_losses
 
 from .formats import FORMATS, chosen_formats, describe_formats
@@ -85,8 +86,9 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_id", metavar="RUN_ID", nargs="?", help="a trial's run id, e.g. from `rkd-search pareto`")
     parser.add_argument("--best", action="store_true", help="the most accurate learned student on the front of the latest search "
                                                             "(of --output when given)")
-    parser.add_argument("--epochs", type=int, default=200, help="epochs of the final training (default 200, as published CIFAR "
-                                                                "models train); the trial's schedule is stretched to them")
+    parser.add_argument("--epochs", type=int, default=defaults.FINAL_EPOCHS,
+                        help=f"epochs of the final training (default {defaults.FINAL_EPOCHS}, as published CIFAR models train); "
+                             "the trial's schedule is stretched to them")
     parser.add_argument("--on", default="train", choices=ON_CHOICES,
                         help="train (default; the validation split stays for a validation figure) or train+val (more images, "
                              "no validation figure)")

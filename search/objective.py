@@ -125,7 +125,7 @@ class LoopOptions:
     epochs: int
     rungs: list[int]
     """Epochs at which trials are compared; ``[epochs]`` without multi-fidelity."""
-    eta: int = 3
+    eta: int
     device: Any = None
     jobs: int = 1
     """Trials training at once (worker processes of the embedded back-end)."""

@@ -43,6 +43,7 @@ from rkd_search.trainer import (
     prepare_teacher,
 )
 from rkd_search.trainer.batches import normalize
+from rkd_search.trainer.defaults import FINAL_EPOCHS
 
 from . import names
 from .errors import UsageError
@@ -64,7 +65,7 @@ ABOUT = "train.json"
 class TrainOptions:
     run_id: str | None
     best: bool = False
-    epochs: int = 200
+    epochs: int = FINAL_EPOCHS
     on: str = "train"
     output: Path | None = None
     register: str | None = None

@@ -23,6 +23,7 @@ from typing import Any
 
 
 from rkd_search.trainer import LossConfig, ModelSpec, OpsCount, TrainConfig, count_spec_ops
+from rkd_search.trainer.defaults import KD_TEMPERATURE
 from rkd_search.trainer.models import FAMILIES
 from rkd_search.trainer.ops import int8_flash_bytes, int8_sram_bytes, peak_activation_bytes
 
@@ -135,7 +136,7 @@ class SearchSpace:
         else:
             graph_weight = _suggest(trial, "loss.graph_weight", loss.graph_weight)
         kd_weight = _suggest(trial, "loss.kd_weight", loss.kd_weight)
-        temperature = _suggest(trial, "loss.temperature", loss.temperature) if kd_weight > 0 else 4.0
+        temperature = _suggest(trial, "loss.temperature", loss.temperature) if kd_weight > 0 else KD_TEMPERATURE
         rkd_distance = _suggest(trial, "loss.rkd_distance_weight", loss.rkd_distance_weight)
         rkd_angle = _suggest(trial, "loss.rkd_angle_weight", loss.rkd_angle_weight)
         added = {key: _suggest(trial, f"loss.{key}", param) for key, param in loss.added().items()}  # registered terms

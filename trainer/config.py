@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 
-from .defaults import BATCH_SIZE, EPOCHS
+from .defaults import BATCH_SIZE, EPOCHS, KD_TEMPERATURE
 from .losses import LossTerm, loss_terms
 from .losses.graph import Reduction, Similarity
 from .models import ModelSpec
@@ -44,7 +44,7 @@ class LossConfig:
 
     ce_weight: float = 1.0
     kd_weight: float = 0.0
-    temperature: float = 4.0
+    temperature: float = KD_TEMPERATURE
     graph_weight: float = 0.0
     similarity: Similarity = "cosine"
     k: int | None = None

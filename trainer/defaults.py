@@ -6,6 +6,10 @@ TEACHER_EPOCHS = 30
 """Epochs of a teacher the search trains itself."""
 EPOCHS = 15
 """Epochs of one student (a search trial)."""
+FINAL_EPOCHS = 200
+"""Epochs of ``rkd-search train``, the picked student's final training (published CIFAR models train 200)."""
+KD_TEMPERATURE = 4.0
+"""Hinton KD's softmax temperature when none is chosen."""
 BATCH_SIZE = 128
 """The authors' batch size; tiny datasets (digits) use ``SMALL_BATCH_SIZE``."""
 SMALL_BATCH_SIZE = 32

@@ -239,17 +239,17 @@ def compiled_step_check() -> None:
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-3, msg=name)
 
-    config = TrainConfig(student=ModelSpec("wrn", 10, 0.25), loss=loss, epochs=1, batch_size=32, precision="fp32")
+    # fit with the compiled step, on another architecture than the one compiled above (one compile
+    # fewer: a cold Inductor cache made this test the suite's sixth slowest in CI)
+    torch._dynamo.config.recompile_limit = 1
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    config = TrainConfig(student=ModelSpec("wrn", 10, 0.5), loss=loss, epochs=1, batch_size=32, precision="fp32")
     straight, through = fit(config, synthetic, teacher=teacher), fit(dataclasses.replace(config, compile="on"), synthetic, teacher=teacher)
     assert straight.compile_seconds == 0 and through.compile_seconds > 0 and "compile_seconds" in through.metrics()
     assert through.history[0].train_loss == pytest.approx(straight.history[0].train_loss, rel=0.02)
-
-    torch._dynamo.config.recompile_limit = 1
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    wider = fit(dataclasses.replace(config, student=ModelSpec("wrn", 10, 0.5), compile="on"), synthetic, teacher=teacher)
     # compiled, not run eagerly past the limit: Dynamo made new graphs for it (a time threshold would
     # depend on the machine and on Inductor's cache)
-    assert wider.compile_seconds > 0 and torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
 
 
 def test_compiling_is_only_on_when_asked_until_a_gpu_measurement_says_otherwise():
