@@ -161,12 +161,13 @@ def _pareto(argv: list[str]) -> int:
 def _train(argv: list[str]) -> int:
     args = _train_parser().parse_args(argv)
     _configure_logging(False)
-    from .train import TrainOptions, run_train
+    from .train import TrainOptions, check_options, run_train
 
     options = TrainOptions(args.run_id, best=args.best, epochs=args.epochs, on=args.on, output=args.output,
                            register=args.register, timeout=parse_duration(args.timeout) if args.timeout else None,
                            int8=not args.no_int8, calibration_images=args.calibration_images, data_dir=args.data_dir,
                            cache_dir=args.cache_dir, device=args.device, progress=not args.no_progress)
+    check_options(options)  # the flags first: a wrong --epochs is said before the store is looked for
     training = run_train(options, _tracker(args))
     name = training.student.name
     if training.already:

@@ -262,3 +262,14 @@ def test_on_train_and_val_trains_on_both_splits_and_reports_no_validation_figure
     client = MlflowClient(_uri(out))
     assert not client.get_metric_history(run.info.run_id, "epoch.val_acc")
     assert len(client.get_metric_history(run.info.run_id, "epoch.train_loss")) == 1
+
+
+@pytest.mark.parametrize("flags, said", [(["--best", "--epochs", "0"], "--epochs must be at least 1"),
+                                         ([], "pass a trial's RUN_ID or --best"),
+                                         (["abc", "--best"], "pass a trial's RUN_ID or --best"),
+                                         (["--best", "--register", " "], "--register needs a model name")])
+def test_wrong_flags_are_said_before_any_store_is_looked_for(tmp_path, flags, said):
+    """One line, exit 2, before the store: nothing is created in the working folder."""
+    result = run_here("train", *flags, cwd=tmp_path)
+    assert result.returncode == 2 and said in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not any(tmp_path.iterdir())
