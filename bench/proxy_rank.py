@@ -31,7 +31,7 @@ from scipy.stats import kendalltau, rankdata
 
 from _docs import write_section
 
-SCORES = ("graph", "synflow", "params")
+SCORES = ("graph", "synflow", "naswot", "params")
 
 
 def students(results: dict, methods: list[str]) -> list[dict]:

@@ -22,6 +22,14 @@ the trained student's validation accuracy. Each is small, with its paper's equat
   reported as log(S) (S spans hundreds of orders of magnitude). Computed in float64 with
   BatchNorm in inference mode; ReLU6 is replaced by ReLU for the computation, since an all-ones
   input drives every unit past 6, where ReLU6 has no gradient (mobile students would all score 0).
+- ``naswot`` (data-dependent, label-free; Mellor et al., ICML 2021): each image of one training batch
+  gets the binary code c_i of which ReLU units it switches on (every ReLU and ReLU6 of the network,
+  as called: the residual blocks call ``torch.relu``, the mobile ones ``nn.ReLU6``), and
+
+      K[i, j] = N_A - d_H(c_i, c_j),     score = log |det K|,
+
+  with N_A the number of units and d_H the Hamming distance: images the untrained network already
+  tells apart score high. BatchNorm with batch statistics, as in the first training step.
 - ``params``: the parameter count, the baseline any proxy must beat (ZiCo, Li et al., ICLR 2023,
   showed many proxies do not).
 """
@@ -32,7 +40,9 @@ import copy
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .config import TrainConfig
 from .batches import train_batches
@@ -41,7 +51,7 @@ from .losses import gram_matrix, graph_rkd_loss
 from .models import ModelSpec, build_model
 from .targets import TeacherSignals
 
-PROXIES = ("graph", "synflow", "params")
+PROXIES = ("graph", "synflow", "naswot", "params")
 
 
 def synflow(model: nn.Module, input_shape: tuple[int, int, int]) -> float:
@@ -62,6 +72,42 @@ def synflow(model: nn.Module, input_shape: tuple[int, int, int]) -> float:
         if isinstance(module, (nn.Conv2d, nn.Linear)) and module.weight.grad is not None:
             total += float((module.weight * module.weight.grad).abs().sum().detach())
     return math.log(total) if total > 0 else float("-inf")
+
+
+_RELUS = {torch.relu, torch.relu_, F.relu, F.relu6, F.hardtanh}
+"""The calls whose output is a ReLU unit's (``nn.ReLU`` and ``nn.ReLU6`` call ``F.relu`` and ``F.hardtanh``);
+an output above 0 is a unit switched on, for ReLU6 too."""
+
+
+class _ActivationCodes(TorchFunctionMode):
+    """Accumulates NASWOT's kernel C C^T + (1 - C)(1 - C)^T over every ReLU call of a forward pass."""
+
+    def __init__(self, batch: int) -> None:
+        super().__init__()
+        self.kernel = torch.zeros(batch, batch, dtype=torch.float64)
+        self.units = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        if func in _RELUS:
+            codes = (output.detach().flatten(1) > 0).double()
+            self.kernel += codes @ codes.T + (1 - codes) @ (1 - codes).T
+            self.units += codes.shape[1]
+        return output
+
+
+@torch.no_grad()
+def naswot(model: nn.Module, images: torch.Tensor) -> float:
+    """log |det K| of NASWOT's activation-code kernel for ``model`` on ``images`` (one batch), or
+    minus infinity where two images share a code (K is singular). The model runs in training mode."""
+    model.train()
+    codes = _ActivationCodes(images.shape[0])
+    with codes:
+        model(images)
+    if not codes.units:
+        raise ValueError("naswot: the model called no ReLU")
+    sign, logdet = torch.linalg.slogdet(codes.kernel)
+    return float(logdet) if sign != 0 else float("-inf")
 
 
 @torch.no_grad()
@@ -106,6 +152,8 @@ class ZeroCostScorer:
         model = build_model(spec)
         scores = {"params": float(sum(p.numel() for p in model.parameters())),
                   "synflow": synflow(model, self.data.input_shape)}
+        images, _ = next(iter(train_batches(self.data, batch_size, seed, 0)))  # the trial's first batch
+        scores["naswot"] = naswot(copy.deepcopy(model).to(self.device), images)  # a copy: its BatchNorm statistics move
         if self.teacher is not None:
             scores["graph"] = graph_similarity(model.to(self.device), self.data, self.teacher, batch_size=batch_size, seed=seed,
                                                batches=self.batches)

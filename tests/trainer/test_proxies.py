@@ -10,7 +10,7 @@ from torch import nn
 
 from rkd_search.trainer import ModelSpec, TrainConfig, build_model
 from rkd_search.trainer.losses import gram_matrix
-from rkd_search.trainer.proxies import ZeroCostScorer, graph_similarity, synflow
+from rkd_search.trainer.proxies import ZeroCostScorer, graph_similarity, naswot, synflow
 
 
 def test_synflow_of_a_two_layer_linear_chain_matches_the_hand_computation():
@@ -31,6 +31,36 @@ def test_synflow_sees_through_relu6():
         model[0].weight.fill_(10.0)
         model[2].weight.fill_(2.0)
     assert synflow(model, (1,)) == pytest.approx(math.log(2 * 20.0))
+
+
+def _identity_then(*activations: nn.Module) -> nn.Module:
+    layer = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(2))
+    return nn.Sequential(layer, *activations)
+
+
+class TorchRelu(nn.Module):
+    def forward(self, x):
+        return torch.relu(x)
+
+
+def test_naswot_of_three_known_codes_matches_the_hand_computation():
+    # codes [1, 0], [0, 1], [1, 1]; N_A = 2: K = [[2, 0, 1], [0, 2, 1], [1, 1, 2]], det K = 2 * 3 - 0 + 1 * (0 - 2) = 4
+    images = torch.tensor([[1.0, -1.0], [-2.0, 3.0], [0.5, 0.5]])
+    assert naswot(_identity_then(nn.ReLU()), images) == pytest.approx(math.log(4))
+    # torch.relu then ReLU6 (as the residual and the mobile blocks call them): each unit counted at each call,
+    # once (nn.ReLU6's inner calls are not counted again): K doubles, det K = 2^3 * 4
+    assert naswot(_identity_then(TorchRelu(), nn.ReLU6()), images) == pytest.approx(math.log(32))
+    # two images with one code: K is singular
+    assert naswot(_identity_then(nn.ReLU()), torch.tensor([[1.0, -1.0], [2.0, -5.0], [0.5, 0.5]])) == float("-inf")
+
+
+@pytest.mark.parametrize("name", ["wrn10_0.5", "resnet8_1", "mbv2-1-2-1_0.5_e2k3"])
+def test_naswot_scores_every_family(name, synthetic):
+    images = synthetic.train_images[:32].float() / 255
+    score = naswot(build_model(ModelSpec.parse(name, 3, 4)), images)
+    assert math.isfinite(score) and score > 0
 
 
 class FixedTeacher:
@@ -70,7 +100,7 @@ def test_the_scorer_gives_every_proxy_and_parameters_alone_memoised(synthetic):
     scorer = ZeroCostScorer(synthetic, targets)
     small = scorer(TrainConfig(student=ModelSpec("wrn", 10, 0.25), batch_size=32))
     large = scorer(TrainConfig(student=ModelSpec("wrn", 10, 1.0), batch_size=32))
-    assert set(small) == {"graph", "synflow", "params"}
+    assert set(small) == {"graph", "synflow", "naswot", "params"}
     assert small["params"] == sum(p.numel() for p in build_model(ModelSpec("wrn", 10, 0.25, num_classes=4)).parameters())
     assert large["params"] > small["params"] and large["synflow"] > small["synflow"] and small["graph"] <= 0
     assert scorer(TrainConfig(student=ModelSpec("wrn", 10, 0.25), batch_size=32)) == small and len(scorer.scores) == 2
