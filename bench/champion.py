@@ -122,7 +122,7 @@ def train_best(args, out: Path, epochs: int, run_id: str | None = None) -> dict:
     history = sorted(tracker.client.get_metric_history(run.info.run_id, "epoch.val_acc"), key=lambda m: m.step)
     return {"run_id": run.info.run_id, "trial_run": trial.info.run_id, "student": trial.data.params["student.name"],
             "trial_val_acc": trial.data.metrics.get("val_acc"), "trial_test_acc": trial.data.metrics.get("test_acc"),
-            "params": {k: v for k, v in trial.data.params.items() if k.startswith(("student.", "graph.", "loss.", "optim."))},
+            "recipe": {k: v for k, v in trial.data.params.items() if k.startswith(("student.", "graph.", "loss.", "optim."))},
             **{k: run.data.metrics.get(k) for k in ("test_acc", "val_acc", "teacher_agreement", "teacher_kl", "macs", "params",
                                                    "onnx_test_acc", "int8_test_acc")},
             "val_curve": [m.value for m in history], "seconds": time.perf_counter() - started}
@@ -174,7 +174,7 @@ def main() -> None:
     if args.report_only:
         if not stored.get("arms"):
             parser.error(f"--report-only: {args.results} holds no results; run the benchmark first")
-        report(args, stored, command)
+        report(args, stored, stored.get("command", command))  # the command that made the results
         return
 
     def save() -> None:
@@ -185,7 +185,8 @@ def main() -> None:
     model, spec, meta, _ = train_teacher(data, defaults.TEACHER, epochs=args.teacher_epochs, seed=0, cache_dir=args.cache_dir)
     args.work.mkdir(parents=True, exist_ok=True)
     teacher = save_checkpoint(model, spec, args.work / "teacher.pt", meta)
-    stored.update(teacher=meta, commit=stored.get("commit") or commit(), torch=torch.__version__, threads=torch.get_num_threads())
+    stored.update(teacher=meta, commit=stored.get("commit") or commit(), torch=torch.__version__, threads=torch.get_num_threads(),
+                  command=command)
     print(f"teacher {spec.name}: val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f}", flush=True)
     budget = parse_budget(args.budget).macs
     students = handpicked(budget, data)
@@ -247,8 +248,14 @@ def choose_epochs(curve: dict[str, dict], val_size: int) -> int:
     return min(int(epochs) for epochs, point in curve.items() if point["val_acc"] >= best - se)
 
 
+def _se(se: float) -> str:
+    return " (one seed: no standard error)" if math.isnan(se) else f" ± {100 * se:.2f}"
+
+
 def _mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f} (one seed)"
+    spread = statistics.stdev(values)
     return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
 
 
@@ -268,7 +275,7 @@ def report(args, stored: dict, command: str) -> None:
         students = sorted({by_seed[s]["student"] for s in common})
         macs = statistics.mean(by_seed[s]["macs"] for s in common)
         rows.append(f"| {arm} | {', '.join(students)} | {macs / 1e6:.2f} M | {_mean_std(accuracies)} | "
-                    + ("-" if arm == "champion" else f"{100 * statistics.mean(differences):+.2f} ± {100 * se:.2f}") + " | "
+                    + ("-" if arm == "champion" else f"{100 * statistics.mean(differences):+.2f}{_se(se)}") + " | "
                     + f"{100 * statistics.mean(by_seed[s]['teacher_agreement'] or 0 for s in common):.1f} |")
         kind = arm.rsplit(" ", 1)[-1]
         if kind in best and (best[kind] is None or statistics.mean(accuracies) > best[kind][1]):
@@ -278,7 +285,7 @@ def report(args, stored: dict, command: str) -> None:
         for kind, need in (("ce", 0.03), ("kd", 0.01)):
             if best[kind]:
                 arm, accuracy, difference, se = best[kind]
-                goals.append(f"champion - best {kind.upper()} student ({arm}): {100 * difference:+.2f} ± {100 * se:.2f} points "
+                goals.append(f"champion - best {kind.upper()} student ({arm}): {100 * difference:+.2f}{_se(se)} points "
                              f"(goal at least +{100 * need:.0f}: {'met' if difference >= need else 'not met'})")
         int8 = [champion[s]["test_acc"] - champion[s]["int8_test_acc"] for s in seeds if champion[s].get("int8_test_acc") is not None]
         litert = [champion[s]["test_acc"] - champion[s]["litert_int8_test_acc"] for s in seeds
