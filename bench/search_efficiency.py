@@ -1,7 +1,7 @@
 """Search efficiency: the front's hypervolume and the best student against compute, for four ways of searching.
 
     python bench/search_efficiency.py [--data-dir ../shared/data/cifar10-small] [--epochs 4] [--compute 32]
-                                      [--seeds 0 1 2 3 4] [--methods random default prescreen multi-fidelity]
+                                      [--seeds 0 1 2 3 4] [--methods random default prescreen multi-fidelity recipes]
 
 On the CIFAR-10 subset (5,000 training images, its 5,000-image val/ split for selection) at a 20 M
 MAC budget, with the default space, each method gets the same compute, counted in student-epochs
@@ -14,7 +14,9 @@ MAC budget, with the default space, each method gets the same compute, counted i
 - ``prescreen``: the default with ``--prescreen 4`` (ranked by ``search.prescreen.PROXIES``);
 - ``multi-fidelity``: the default with ``--multi-fidelity --min-epochs 2`` (rungs 2 and 4 at
   ``--epochs 4``; eta 3). The first rung is where ``bench/proxy_rank.py`` measured the ranking at an
-  epoch to agree with the final one (Kendall tau 0.71 after 2 of 4 epochs, 0.34 after 1).
+  epoch to agree with the final one (Kendall tau 0.71 after 2 of 4 epochs, 0.34 after 1);
+- ``recipes``: the default with ``--sampler tpe-recipes`` (after the startup trials, TPE draws only
+  the recipe of the most accurate architecture so far: issue 35's second part, not yet measured).
 
 Reported per method (mean over seeds): the hypervolume of the front of fully trained students in
 (validation accuracy, MACs / budget) from (chance, 1), averaged over the compute axis (the area
@@ -53,6 +55,7 @@ METHODS = {
     "default": {"sampler": "tpe"},
     "prescreen": {"sampler": "tpe", "prescreen": 4},
     "multi-fidelity": {"sampler": "tpe", "multi_fidelity": True, "min_epochs": 2},
+    "recipes": {"sampler": "tpe-recipes"},
 }
 RESULTS = Path("bench/results/search_efficiency.json")
 

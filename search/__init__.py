@@ -17,6 +17,7 @@ MLflow tracking, the Pareto front, the final training and the exports.
     tracking/        settings, the MLflow client and writer, the run schema
     recorder.py      MLflow writes and front upkeep as trials end
     study.py         the Optuna journal, sampler and output lock
+    recipe_sampler.py  --sampler tpe-recipes: TPE on the recipe of the most accurate architecture so far
     pareto.py        dominance, front, hypervolume, noise
     report.py        console, progress bars, table, CSV, plot
     students.py      trained students in MLflow: refusals, the best of a front, a search's data

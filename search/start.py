@@ -126,14 +126,15 @@ def _teacher_run(setup: SearchSetup, tracker: Tracker, teacher: Teacher, test_ac
 
 def sampler_note(o: SearchOptions, startup: int) -> str:
     """When TPE or GP starts to model the results, in this search's terms."""
+    model = {"tpe-recipes": "TPE (the recipe only, on the most accurate architecture so far)"}.get(o.sampler, o.sampler.upper())
     planned = o.expected_trials()
     trials = f"{planned} trial{'s' if planned != 1 else ''}"
     if planned < o.trials:
         trials += f" that --max-student-epochs {o.max_student_epochs} allows"
     if startup >= planned:
         return (f"sampler {o.sampler}: {startup} startup trials (hand-picked or random) cover all {trials}; "
-                f"{o.sampler.upper()} models the results only in a longer search.")
-    return f"sampler {o.sampler}: the first {startup} of {trials} are hand-picked or random, then {o.sampler.upper()} models the results."
+                f"{model} models the results only in a longer search.")
+    return f"sampler {o.sampler}: the first {startup} of {trials} are hand-picked or random, then {model} models the results."
 
 
 def where_results_go(setup: SearchSetup, progress: Progress) -> None:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 STUDY_FILE = "study.journal"
 STUDY_NAME = "rkd-search"
 LOCK_FILE = ".rkd-search.lock"
-SAMPLERS = ("tpe", "gp", "nsga2", "random")
+SAMPLERS = ("tpe", "tpe-recipes", "gp", "nsga2", "random")
 
 
 def journal_path(output: Path) -> Path:
@@ -101,7 +101,7 @@ def startup_trials(trials: int, enqueued: int) -> int:
 
 def sampler_startup(name: str, trials: int, enqueued: int) -> int | None:
     """The startup trials of the samplers that have them (TPE, GP); None for the others."""
-    return startup_trials(trials, enqueued) if name in ("tpe", "gp") else None
+    return startup_trials(trials, enqueued) if name in ("tpe", "tpe-recipes", "gp") else None
 
 
 def make_sampler(name: str, seed: int, existing_trials: int, trials: int, enqueued: int = 0, jobs: int = 1):
@@ -113,9 +113,14 @@ def make_sampler(name: str, seed: int, existing_trials: int, trials: int, enqueu
     # a resumed search must not replay the random draws of its first session
     seed = seed + 7919 * existing_trials
     startup = sampler_startup(name, trials, enqueued)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=jobs > 1,
-                                          n_startup_trials=startup)
+    if name in ("tpe", "tpe-recipes"):
+        tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=jobs > 1,
+                                         n_startup_trials=startup)
+        if name == "tpe":
+            return tpe
+        from .recipe_sampler import RecipesAroundBest
+
+        return RecipesAroundBest(tpe, startup)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "nsga2":
