@@ -30,8 +30,21 @@ the trained student's validation accuracy. Each is small, with its paper's equat
 
   with N_A the number of units and d_H the Hamming distance: images the untrained network already
   tells apart score high. BatchNorm with batch statistics, as in the first training step.
-- ``params``: the parameter count, the baseline any proxy must beat (ZiCo, Li et al., ICLR 2023,
-  showed many proxies do not).
+- ``diswot`` (distillation-aware, both of DisWOT's terms; computed by ``bench/proxy_fixed_recipe.py``,
+  which has the teacher network, not logged by the search): on one batch with labels, minus the sum of
+  a semantic and a relation distance between the trained teacher and the untrained student,
+
+      semantic: g = d CE / d W_fc = (softmax(z) - Y)^T h / B   (classes x channels: Grad-CAM's channel weights),
+                M_s = || n(g_T g_T^T) - n(g_S g_S^T) ||_F^2 / classes^2,
+      relation: f = the last stage's feature map before pooling, flattened per image,
+                M_r = || n(f_T f_T^T) - n(f_S f_S^T) ||_F^2 / B^2,
+      diswot = -(M_s + M_r),
+
+  with n() L2-normalising each row and h the classifier's input. Both matrices are width-free, so
+  teacher and student need not match. The authors' code compares channel x channel correlations of
+  the classifier gradients after a random 1x1 embedding instead of class x class ones.
+- ``params`` and ``macs``: the parameter and multiply-accumulate counts, the baselines any proxy must
+  beat (ZiCo, Li et al., ICLR 2023, showed many proxies do not).
 """
 
 from __future__ import annotations
@@ -49,9 +62,10 @@ from .batches import train_batches
 from .data import ImageDataset
 from .losses import gram_matrix, graph_rkd_loss
 from .models import ModelSpec, build_model
+from .ops import count_spec_ops
 from .targets import TeacherSignals
 
-PROXIES = ("graph", "synflow", "naswot", "params")
+PROXIES = ("graph", "synflow", "naswot", "params", "macs")
 
 
 def synflow(model: nn.Module, input_shape: tuple[int, int, int]) -> float:
@@ -129,6 +143,49 @@ def graph_similarity(model: nn.Module, data: ImageDataset, teacher: TeacherSigna
     return -sum(losses) / len(losses)
 
 
+def _last_map_and_logits(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits, the classifier's input and the last feature map before pooling (the input of
+    ``model.pool`` where the model has one, else its last returned feature)."""
+    seen: list[torch.Tensor] = []
+    pool = getattr(model, "pool", None)
+    hook = pool.register_forward_pre_hook(lambda module, args: seen.append(args[0])) if isinstance(pool, nn.Module) else None
+    try:
+        logits, features = model.forward_with_features(images)
+    finally:
+        if hook is not None:
+            hook.remove()
+    pooled = features[-1].flatten(1)
+    return logits, pooled, (seen[-1] if seen else pooled)
+
+
+def classifier_gradient(logits: torch.Tensor, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """d CE / d W of a linear classifier with input ``pooled`` (mean cross-entropy): classes x channels."""
+    error = F.softmax(logits.double(), dim=1) - F.one_hot(labels, logits.shape[1]).double()
+    return error.T @ pooled.double() / len(labels)
+
+
+def _row_normalised_gram(rows: torch.Tensor) -> torch.Tensor:
+    rows = rows.flatten(1).double()
+    return F.normalize(rows @ rows.T, dim=1)
+
+
+@torch.no_grad()
+def diswot(model: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """DisWOT's score of the untrained ``model`` for ``teacher`` on one labelled batch, and its two
+    terms (``semantic``, ``relation``: distances, lower is closer). The student runs in training
+    mode (batch statistics, as in its first step), the teacher in inference mode."""
+    model.train()
+    teacher.eval()
+    terms, grams = {}, {}
+    for name, network in (("student", model), ("teacher", teacher)):
+        logits, pooled, last_map = _last_map_and_logits(network, images)
+        grams[name] = (_row_normalised_gram(classifier_gradient(logits, pooled, labels)), _row_normalised_gram(last_map))
+    classes, batch = grams["student"][0].shape[0], len(images)
+    terms["semantic"] = float(((grams["teacher"][0] - grams["student"][0]) ** 2).sum() / classes**2)
+    terms["relation"] = float(((grams["teacher"][1] - grams["student"][1]) ** 2).sum() / batch**2)
+    return {"diswot": -(terms["semantic"] + terms["relation"]), **terms}
+
+
 class ZeroCostScorer:
     """The zero-cost scores of a trial's untrained student, memoised per student architecture."""
 
@@ -151,6 +208,7 @@ class ZeroCostScorer:
         torch.manual_seed(seed)  # the trial's own initialisation (fit seeds the same way)
         model = build_model(spec)
         scores = {"params": float(sum(p.numel() for p in model.parameters())),
+                  "macs": float(count_spec_ops(spec, self.data.resolution).macs),
                   "synflow": synflow(model, self.data.input_shape)}
         images, _ = next(iter(train_batches(self.data, batch_size, seed, 0)))  # the trial's first batch
         scores["naswot"] = naswot(copy.deepcopy(model).to(self.device), images)  # a copy: its BatchNorm statistics move

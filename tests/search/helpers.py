@@ -24,7 +24,7 @@ BUDGET = 4e6
 BUDGET_FLAG = "4MFLOPs"
 RKD_SEARCH = str(Path(sys.executable).parent / "rkd-search")
 CHILD_METRICS = {"val_acc", "test_acc", "macs", "flops", "params", "teacher_agreement", "teacher_kl", "train_seconds",
-                 "flash_bytes", "sram_bytes", "score.params", "score.synflow", "score.graph", "score.naswot"}
+                 "flash_bytes", "sram_bytes", "score.params", "score.macs", "score.synflow", "score.graph", "score.naswot"}
 
 
 def add_decoy_packages(folder: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rkd_search.trainer import ModelSpec, TrainConfig, build_model
+from rkd_search.trainer import ModelSpec, TrainConfig, build_model, count_spec_ops
 from rkd_search.trainer.losses import gram_matrix
 from rkd_search.trainer.proxies import ZeroCostScorer, graph_similarity, naswot, synflow
 
@@ -100,7 +100,49 @@ def test_the_scorer_gives_every_proxy_and_parameters_alone_memoised(synthetic):
     scorer = ZeroCostScorer(synthetic, targets)
     small = scorer(TrainConfig(student=ModelSpec("wrn", 10, 0.25), batch_size=32))
     large = scorer(TrainConfig(student=ModelSpec("wrn", 10, 1.0), batch_size=32))
-    assert set(small) == {"graph", "synflow", "naswot", "params"}
+    assert set(small) == {"graph", "synflow", "naswot", "params", "macs"}
+    assert small["macs"] == count_spec_ops(ModelSpec("wrn", 10, 0.25, num_classes=4), synthetic.resolution).macs
     assert small["params"] == sum(p.numel() for p in build_model(ModelSpec("wrn", 10, 0.25, num_classes=4)).parameters())
     assert large["params"] > small["params"] and large["synflow"] > small["synflow"] and small["graph"] <= 0
     assert scorer(TrainConfig(student=ModelSpec("wrn", 10, 0.25), batch_size=32)) == small and len(scorer.scores) == 2
+
+
+def test_the_semantic_term_reads_the_classifiers_cross_entropy_gradient():
+    from rkd_search.trainer.proxies import _last_map_and_logits, classifier_gradient
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("mbv2", 3, width=0.25, stage_depths=(1, 1, 1), num_classes=3))
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 2, 1, 2])
+    logits, pooled, last_map = _last_map_and_logits(model, images)
+    nn.functional.cross_entropy(logits, labels).backward()
+    assert torch.allclose(classifier_gradient(logits.detach(), pooled.detach(), labels), model.fc.weight.grad.double(), atol=1e-6)
+    assert last_map.dim() == 4 and last_map.shape[1] == pooled.shape[1], "the map before pooling, not the pooled vector"
+
+
+class _Fixed(nn.Module):
+    """A network whose outputs are given: the last map before pooling, the pooled vector, the logits."""
+
+    def __init__(self, last_map, pooled, logits):
+        super().__init__()
+        self.pool = nn.Identity()
+        self.last_map, self.pooled, self.logits = last_map, pooled, logits
+
+    def forward_with_features(self, x):
+        self.pool(self.last_map)
+        return self.logits, [x, x, self.pooled]
+
+
+def test_diswot_of_a_hand_checked_pair():
+    from rkd_search.trainer.proxies import diswot
+
+    labels, logits, pooled = torch.tensor([0, 1]), torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[1.0, 2.0], [3.0, 1.0]])
+    # Student maps [1, 0] and [0, 1]: Gram I, rows already unit. Teacher maps [1, 0] and [1, 0]: Gram all
+    # ones, rows (a, a) with a = 1/sqrt(2). || . ||_F^2 = 2 (1 - a)^2 + 2 a^2 = 4 - 2 sqrt(2), over B^2 = 4.
+    student = _Fixed(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), pooled, logits)
+    teacher = _Fixed(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), pooled, logits)
+    scores = diswot(student, teacher, torch.zeros(2, 1), labels)
+    assert scores["semantic"] == pytest.approx(0.0), "same logits and classifier input: same class correlations"
+    assert scores["relation"] == pytest.approx(1 - math.sqrt(2) / 2)
+    assert scores["diswot"] == pytest.approx(-(1 - math.sqrt(2) / 2))
+    # The same network as its own teacher is as close as can be.
+    assert diswot(teacher, teacher, torch.zeros(2, 1), labels) == {"diswot": 0.0, "semantic": 0.0, "relation": 0.0}
