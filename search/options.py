@@ -147,7 +147,8 @@ class SearchOptions:
     compile: str = option("auto", "the training step through torch.compile: on, off, or auto (default): eager until a measurement "
                                   "shows compiling faster (a step that fails to compile trains eagerly)", choices=COMPILE_MODES)
     device: str | None = option(None, "cuda, cpu, ... (default: cuda when available)")
-    prescreen: int = option(1, "score N candidates per trained trial with zero-cost proxies and train the best (default 1: off)",
+    prescreen: int = option(1, "propose N candidates per trained trial and train the one with the most MACs (no zero-cost score ranked "
+                              "students better than MACs: docs/benchmarks.md; default 1: off)",
                             type=int, metavar="N", check=_at_least(1, 1000))
     enqueue: bool = option(True, "train the space's hand-picked students first (default on; --no-enqueue starts from nothing)",
                            action="switch")

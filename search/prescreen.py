@@ -2,8 +2,8 @@
 best-scored one trains.
 
 Each candidate's untrained student is scored by the zero-cost proxies (``trainer.proxies``, about
-a second each). Which candidate trains: the one with the best mean rank over ``PROXIES``
-(the combination ``bench/proxy_rank.py`` measured best; see docs/benchmarks.md). The other
+a second each). Which candidate trains: the one with the best mean rank over ``PROXIES`` (what
+``bench/proxy_fixed_recipe.py`` measured best: MACs; see docs/benchmarks.md). The other
 candidates are told to Optuna as FAIL with ``rkd.screened_out`` set: FAIL keeps them out of the
 sampler's model (a candidate a weak proxy disliked is not evidence that its region is bad) and
 out of ``--trials``; they get no MLflow run, and the trained trial records how many were scored
@@ -20,12 +20,12 @@ from typing import Sequence
 
 from rkd_search.spaces import TrialPlan
 
-PROXIES = ("params",)
-"""The scores the prescreen ranks by (mean rank). ``bench/proxy_rank.py`` (docs/benchmarks.md, 2026-11-30), Kendall
-tau against trained validation accuracy: over 40 random-search students, params 0.29, graph + params 0.15, graph
-alone -0.01; over those and the default search's 40, params 0.45, graph + params 0.28 (the hand-picked students
-are both the largest and the best). No proxy beat parameters, so the prescreen ranks by them (the largest feasible
-candidate trains), and it is off by default (``--prescreen 1``)."""
+PROXIES = ("macs",)
+"""The scores the prescreen ranks by (mean rank). ``bench/proxy_fixed_recipe.py`` (docs/benchmarks.md, 2026-12-07), Kendall
+tau against the validation accuracy of 60 students of the default space at 5-20 M MACs trained with one fixed recipe:
+MACs 0.40 [0.25, 0.53], parameters 0.38, DisWOT 0.03, NASWOT -0.02, the graph score -0.04, synflow -0.12. No zero-cost
+score beat MACs (nor parameters, the earlier choice, ``bench/proxy_rank.py``): the prescreen trains the candidate with
+the most MACs that fits, and it is off by default (``--prescreen 1``)."""
 
 
 @dataclass

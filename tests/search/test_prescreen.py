@@ -21,6 +21,11 @@ def plan_with(scores: dict) -> TrialPlan:
     return plan
 
 
+def test_the_prescreen_ranks_by_macs_what_measured_best():
+    plans = [(4, plan_with({"graph": -1.0, "params": 9.0, "macs": 2e6})), (5, plan_with({"graph": -2.0, "params": 8.0, "macs": 3e6}))]
+    assert Prescreen(2).choose(plans) == 5
+
+
 def test_the_best_mean_rank_wins_and_ties_go_to_the_first_candidate():
     prescreen = Prescreen(3)
     plans = [(4, plan_with({"graph": -2.0, "params": 9.0})), (5, plan_with({"graph": -1.0, "params": 8.0})),
@@ -42,8 +47,9 @@ class RecordingPrescreen(Prescreen):
 
 
 def test_the_prescreen_trains_the_best_scored_feasible_candidate_and_never_one_over_a_limit(tracker, tmp_path, synthetic):
-    def scorer(plan):  # wider is better, by both proxies
-        return {"graph": plan.config.student.width, "params": plan.config.student.width}
+    def scorer(plan):  # wider is better, by every proxy
+        width = plan.config.student.width
+        return {"graph": width, "params": width, "macs": width}
 
     prescreen = RecordingPrescreen(4)
     # 5 hand-picked students (never prescreened), then 3 prescreened trials
