@@ -15,8 +15,8 @@ MAC budget, with the default space, each method gets the same compute, counted i
 - ``multi-fidelity``: the default with ``--multi-fidelity --min-epochs 2`` (rungs 2 and 4 at
   ``--epochs 4``; eta 3). The first rung is where ``bench/proxy_rank.py`` measured the ranking at an
   epoch to agree with the final one (Kendall tau 0.71 after 2 of 4 epochs, 0.34 after 1);
-- ``recipes``: the default with ``--sampler tpe-recipes`` (after the startup trials, TPE draws only
-  the recipe of the most accurate architecture so far: issue 35's second part, not yet measured).
+- ``recipes``: the default with ``--sampler tpe-recipes`` (after the startup trials, every other trial
+  keeps the most accurate architecture so far and TPE draws only its recipe: issue 35's second part, not yet measured).
 
 Reported per method (mean over seeds): the hypervolume of the front of fully trained students in
 (validation accuracy, MACs / budget) from (chance, 1), averaged over the compute axis (the area

@@ -137,8 +137,8 @@ class SearchOptions:
     batch_size: int | None = option(None, f"default {defaults.BATCH_SIZE} ({defaults.SMALL_BATCH_SIZE} for digits)", type=int,
                                     check=_at_least(2))
     space: str = option("default", "a built-in space (default, wrn) or a YAML file")
-    sampler: str = option("tpe", "Optuna sampler (default tpe; tpe-recipes: after the startup trials, TPE draws only "
-                                 "the recipe and each trial keeps the most accurate architecture so far)", choices=SAMPLERS,
+    sampler: str = option("tpe", "Optuna sampler (default tpe; tpe-recipes: after the startup trials, every other trial keeps "
+                                 "the most accurate architecture so far and TPE draws only its recipe)", choices=SAMPLERS,
                           check=lambda v: None if v in SAMPLERS else f"{v!r} is unknown: choose one of {', '.join(SAMPLERS)}")
     seed: int = option(0, "", type=int, check=lambda v: None if 0 <= v <= SEED_MAX else
                        f"{v} is out of range: pass a whole number from 0 to {SEED_MAX}")

@@ -1,5 +1,5 @@
-"""``--sampler tpe-recipes``: after the startup trials, every trial keeps the architecture of the most
-accurate student so far and TPE draws only its recipe.
+"""``--sampler tpe-recipes``: after the startup trials, every other trial keeps the architecture of the
+most accurate student so far and TPE draws only its recipe; the trials between are TPE's as usual.
 
 Why: out of sample (``bench/search_out_of_sample.py``, docs/benchmarks.md) the default's lead over
 random search came from its hand-picked starting students, and TPE's model-based trials never
@@ -8,11 +8,13 @@ ResNet-20. This sampler spends the model-based trials on recipes (graph construc
 optimiser) around the best architecture found so far instead of on new architectures. It is an
 option, not the default: a default changes only on an out-of-sample measurement.
 
-Every ``student.*`` parameter of the trial (family, depths, expansion, kernel, width share) is copied
-from the finished trial with the highest validation accuracy (the first objective), chosen once
-when the trial starts; the other parameters go to the base sampler (TPE), which models them over
-every finished trial. Before ``startup`` trials have finished, and while no trial has learned
-anything (accuracy 0: failed or over a limit), the base sampler draws everything.
+In a recipe trial (trial numbers startup, startup + 2, ...), every ``student.*`` parameter (family,
+depths, expansion, kernel, width share) is copied from the finished trial with the highest validation
+accuracy (the first objective), chosen once when the trial starts; the other parameters go to the
+base sampler (TPE), which models them over every finished trial. The trials between draw everything
+from TPE, so a long search keeps exploring architectures (recipe trials alone would never leave the
+startup trials' architectures). Before ``startup`` trials have finished, and while no trial has
+learned anything (accuracy 0: failed or over a limit), the base sampler draws everything.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class RecipesAroundBest(BaseSampler):
     def _fixed_for(self, study: Study, trial: FrozenTrial) -> dict[str, Any]:
         if trial.number not in self.fixed:
             finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-            self.fixed[trial.number] = (best_architecture(study) or {}) if finished >= self.startup else {}
+            recipe_trial = finished >= self.startup and (trial.number - self.startup) % 2 == 0
+            self.fixed[trial.number] = (best_architecture(study) or {}) if recipe_trial else {}
         return self.fixed[trial.number]
 
     def reseed_rng(self) -> None:

@@ -126,7 +126,7 @@ def _teacher_run(setup: SearchSetup, tracker: Tracker, teacher: Teacher, test_ac
 
 def sampler_note(o: SearchOptions, startup: int) -> str:
     """When TPE or GP starts to model the results, in this search's terms."""
-    model = {"tpe-recipes": "TPE (the recipe only, on the most accurate architecture so far)"}.get(o.sampler, o.sampler.upper())
+    model = {"tpe-recipes": "TPE (every other trial: the recipe only, on the most accurate architecture so far)"}.get(o.sampler, o.sampler.upper())
     planned = o.expected_trials()
     trials = f"{planned} trial{'s' if planned != 1 else ''}"
     if planned < o.trials:

@@ -1,5 +1,5 @@
-"""--sampler tpe-recipes: after the startup trials, each trial keeps the most accurate architecture so
-far and TPE draws only its recipe."""
+"""--sampler tpe-recipes: after the startup trials, every other trial keeps the most accurate
+architecture so far and TPE draws only its recipe."""
 
 from __future__ import annotations
 
@@ -29,14 +29,16 @@ def test_the_best_architecture_is_the_most_accurate_finished_trials_and_none_bef
     assert best_architecture(study) == {"student.width_fill": 0.5}
 
 
-def test_trials_after_the_startup_keep_the_best_architecture_so_far_and_draw_their_recipe(tracker, tmp_path, synthetic):
-    loop = make_loop(tracker, tmp_path, StubTrain(), trials=10, synthetic=synthetic, sampler="tpe-recipes")
+def test_every_other_trial_after_the_startup_keeps_the_best_architecture_so_far_and_draws_its_recipe(tracker, tmp_path, synthetic):
+    loop = make_loop(tracker, tmp_path, StubTrain(), trials=11, synthetic=synthetic, sampler="tpe-recipes")
     assert run_trials(loop) is True
     trials = loop.study.trials
     enqueued = sum(1 for t in trials if "fixed_params" in t.system_attrs)
-    startup = startup_trials(10, enqueued)
-    later = [t for t in trials if t.number >= startup and t.state == OptunaState.COMPLETE]
-    assert len(later) >= 2, "no trial after the startup ones: the test tests nothing"
+    startup = startup_trials(11, enqueued)
+    later = [t for t in trials if t.number >= startup and (t.number - startup) % 2 == 0 and t.state == OptunaState.COMPLETE]
+    assert len(later) >= 2, "no recipe trial after the startup ones: the test tests nothing"
+    between = [t for t in trials if t.number > startup and (t.number - startup) % 2 == 1 and t.state == OptunaState.COMPLETE]
+    assert between, "no TPE trial between the recipe trials"
     drew_recipe = False
     for trial in later:
         before = optuna.create_study(directions=["maximize", "minimize"])
