@@ -30,6 +30,11 @@ ARCHITECTURE = "student."
 """The prefix of the architecture's parameters in the search space (``spaces/_space.py``)."""
 
 
+def architecture_of(params: dict[str, Any]) -> dict[str, Any]:
+    """The architecture's parameters among a trial's parameters."""
+    return {name: value for name, value in params.items() if name.startswith(ARCHITECTURE)}
+
+
 def best_architecture(study: Study) -> dict[str, Any] | None:
     """The ``student.*`` parameters of the finished trial with the highest first objective above 0
     (the earliest such trial on a tie), or None when no trial has one."""
@@ -37,7 +42,7 @@ def best_architecture(study: Study) -> dict[str, Any] | None:
     if not finished:
         return None
     best = max(finished, key=lambda t: (t.values[0], -t.number))
-    return {name: value for name, value in best.params.items() if name.startswith(ARCHITECTURE)}
+    return architecture_of(best.params)
 
 
 class RecipesAroundBest(BaseSampler):

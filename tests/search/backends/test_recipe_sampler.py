@@ -9,7 +9,7 @@ from optuna.trial import TrialState as OptunaState
 from optuna.trial import create_trial
 
 from rkd_search.search.backends.local import run_trials
-from rkd_search.search.recipe_sampler import best_architecture
+from rkd_search.search.recipe_sampler import architecture_of, best_architecture
 from rkd_search.search.study import startup_trials
 
 from .loops import StubTrain, make_loop
@@ -44,11 +44,10 @@ def test_every_other_trial_after_the_startup_keeps_the_best_architecture_so_far_
         before = optuna.create_study(directions=["maximize", "minimize"])
         before.add_trials([t for t in trials if t.number < trial.number])
         best = best_architecture(before)
-        architecture = {k: v for k, v in trial.params.items() if k.startswith("student.")}
-        assert architecture == best, f"trial {trial.number} did not keep the best architecture so far"
+        assert architecture_of(trial.params) == best, f"trial {trial.number} did not keep the best architecture so far"
         best_trial = next(t for t in trials if t.number < trial.number and t.state == OptunaState.COMPLETE
-                          and {k: v for k, v in t.params.items() if k.startswith("student.")} == best)
-        drew_recipe |= any(trial.params.get(k) != v for k, v in best_trial.params.items() if not k.startswith("student."))
+                          and architecture_of(t.params) == best)
+        drew_recipe |= any(trial.params.get(k) != v for k, v in best_trial.params.items() if k not in best)
     assert drew_recipe, "every later trial copied the best trial's recipe too"
-    earlier = {tuple(sorted((k, v) for k, v in t.params.items() if k.startswith("student."))) for t in trials[:startup]}
+    earlier = {tuple(sorted(architecture_of(t.params).items())) for t in trials[:startup]}
     assert len(earlier) > 1, "the startup trials did not explore architectures"
