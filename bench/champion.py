@@ -7,8 +7,9 @@ On the CIFAR-10 subset (5,000 training images, its 5,000-image val/ split for se
 test images), per paired seed:
 
 - ``champion``: the default search (``--compute`` student-epochs of ``--search-epochs``-epoch
-  trials), then its best student trained by ``rkd-search train --best --epochs N`` (its own recipe,
-  graph-RKD from the search's teacher);
+  trials), then its best student trained by ``rkd-search train --best --epochs N --recipe R``
+  (``--recipe``, default train's own: ``kd+graph``; the seed-0 results were made with ``trial``), from the
+  search's teacher;
 - ``random-best``: random search with the same compute, its best student trained the same way;
 - each hand-picked student of the default space at the budget (WRN-28-0.5, ResNet-20, MobileNetV2
   at the widest width that fits) and MLPerf Tiny's ResNet-8 (``resnet8_1``: 16-32-64 channels, one
@@ -50,6 +51,7 @@ from rkd_search.search.cli import main as cli
 from rkd_search.search.driver import run_search
 from rkd_search.search.options import SearchOptions
 from rkd_search.search.tracking import Tracker, TrackingSettings
+from rkd_search.search.recipes import DEFAULT_RECIPE, RECIPES
 from rkd_search.spaces import TrialContext, load_space
 from rkd_search.spaces._space import Architecture
 from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig, count_spec_ops, defaults, fit, load_dataset, save_checkpoint, train_teacher
@@ -113,10 +115,12 @@ def train_best(args, out: Path, epochs: int, run_id: str | None = None) -> dict:
     uri = f"sqlite:///{out}/mlflow.db"
     started = time.perf_counter()
     target = [run_id] if run_id else ["--best"]
-    run_cli("train", *target, "--epochs", str(epochs), "--output", str(out), "--tracking-uri", uri, "--no-progress")
+    run_cli("train", *target, "--epochs", str(epochs), "--recipe", args.recipe, "--output", str(out), "--tracking-uri", uri,
+            "--no-progress")
     tracker = Tracker(TrackingSettings(uri, "rkd-search"))
     runs = tracker.search("tags.`rkd.role` = 'train'", order_by=["attributes.start_time DESC"])
     run = next(r for r in runs if r.data.params.get("train.epochs") == str(epochs)
+               and r.data.params.get("train.recipe", "trial") == args.recipe  # runs before --recipe trained the trial's
                and (run_id is None or r.data.tags.get("rkd.trial_run") == run_id))
     trial = tracker.client.get_run(run.data.tags["rkd.trial_run"])
     history = sorted(tracker.client.get_metric_history(run.info.run_id, "epoch.val_acc"), key=lambda m: m.step)
@@ -160,6 +164,7 @@ def main() -> None:
                         help="epoch counts the first seed's champion is trained for first (the accuracy-against-epochs curve); "
                              "without --epochs, every arm then trains for the fewest of them whose validation accuracy is "
                              "within one standard error of the curve's best")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES), help=f"rkd-search train's --recipe (default {DEFAULT_RECIPE})")
     parser.add_argument("--search-epochs", type=int, default=4)
     parser.add_argument("--compute", type=int, default=32, help="student-epochs per search (default 32: 8 four-epoch trials)")
     add_common_flags(parser, "/tmp/rkd-bench-champion", RESULTS)
@@ -167,15 +172,15 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     command = "python bench/champion.py " + " ".join(sys.argv[1:])
     settings = {"budget": args.budget, "search_epochs": args.search_epochs, "compute": args.compute,
-                "data": str(Path(args.data_dir).resolve())}
+                "data": str(Path(args.data_dir).resolve()), "recipe": args.recipe}
     stored = json.loads(args.results.read_text()) if args.results.exists() else {}
-    if stored.get("settings") != settings:
-        stored = {"settings": settings, "arms": {}, "curve": {}}
-    if args.report_only:
+    if args.report_only:  # the results as they were made, whatever this command's settings
         if not stored.get("arms"):
             parser.error(f"--report-only: {args.results} holds no results; run the benchmark first")
         report(args, stored, stored.get("command", command))  # the command that made the results
         return
+    if stored.get("settings") != settings:
+        stored = {"settings": settings, "arms": {}, "curve": {}}
 
     def save() -> None:
         args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +191,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     teacher = save_checkpoint(model, spec, args.work / "teacher.pt", meta)
     stored.update(teacher=meta, commit=stored.get("commit") or commit(), torch=torch.__version__, threads=torch.get_num_threads(),
-                  command=command)
+                  command=command, date=str(date.today()))
     print(f"teacher {spec.name}: val acc {meta['val_acc']:.4f}, test acc {meta['test_acc']:.4f}", flush=True)
     budget = parse_budget(args.budget).macs
     students = handpicked(budget, data)
@@ -313,11 +318,12 @@ def report(args, stored: dict, command: str) -> None:
     settings = stored["settings"]
     write_section(Path(args.doc), "champion", "The champion against what a user trains without rkd-search", [
         f"Command: `{command.strip()}`  ",
-        f"Run {date.today()} on {platform.machine()} (CPU), torch {stored.get('torch')}, {stored.get('threads')} threads, code "
+        f"Run {stored.get('date', date.today())} on {platform.machine()} (CPU), torch {stored.get('torch')}, {stored.get('threads')} threads, code "
         f"`{stored.get('commit')}`: CIFAR-10 subset (5,000 training images, 5,000 val/ for selection, 5,000 test), budget "
         f"{settings['budget']}, teacher WRN-28-1 ({args.teacher_epochs} epochs, test acc {100 * teacher.get('test_acc', float('nan')):.2f}%), "
         f"searches of {settings['compute']} student-epochs ({settings['search_epochs']}-epoch trials), every final training "
-        f"{stored.get('epochs')} epochs (chosen from the curve below), paired seeds {', '.join(seeds)}. Champions: {champions}.",
+        f"{stored.get('epochs')} epochs (chosen from the curve below), the champion and random-best trained by `rkd-search train "
+        f"--recipe {settings.get('recipe', 'trial')}`, paired seeds {', '.join(seeds)}. Champions: {champions}.",
         "",
         "| arm | student | MACs | test acc (%), mean ± std | champion minus this arm (points, mean ± se) | teacher agreement (%) |",
         "|---|---|---|---|---|---|",

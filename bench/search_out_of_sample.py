@@ -30,6 +30,7 @@ Runs already in the results file are reused (an interrupted benchmark continues)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -79,9 +80,8 @@ def make_split(source: Path, target: Path, offset: int, per_class: int) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             start = offset + index * per_class
             for path in files[start:start + per_class]:
-                link = folder / path.name
-                if not link.exists():
-                    link.symlink_to(path.resolve())
+                with contextlib.suppress(FileExistsError):  # made by an earlier run, or a second shard at once
+                    (folder / path.name).symlink_to(path.resolve())
     return target
 
 

@@ -22,6 +22,7 @@ MLflow tracking, the Pareto front, the final training and the exports.
     report.py        console, progress bars, table, CSV, plot
     students.py      trained students in MLflow: refusals, the best of a front, a search's data
     train.py         a picked student trained to the end (rkd-search train)
+    recipes.py       the final training's recipes (rkd-search train --recipe)
     export.py        student.json and the formats' registry (formats/: onnx, torchscript, litert)
     budget.py        budgets, limits, durations, byte and image sizes
     stopping.py      SIGTERM and SIGHUP as Ctrl-C

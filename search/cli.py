@@ -78,17 +78,22 @@ def _export_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser() -> argparse.ArgumentParser:
+    from .recipes import DEFAULT_RECIPE, RECIPES
     from .train import ON_CHOICES
 
-    parser = _Parser(prog="rkd-search train", description="Train a student picked from a search's front again, to the end: its own "
-                     "recipe, the search's data and teacher, the schedule stretched to --epochs; a checkpoint every epoch "
-                     "(rerun the same command to continue), its own MLflow run and an MLflow model.")
+    parser = _Parser(prog="rkd-search train", description="Train a student picked from a search's front again, to the end: its "
+                     "architecture, the final-training recipe of --recipe, the search's data and teacher, the schedule "
+                     "stretched to --epochs; a checkpoint every epoch (rerun the same command to continue), its own MLflow run and an MLflow model.")
     parser.add_argument("run_id", metavar="RUN_ID", nargs="?", help="a trial's run id, e.g. from `rkd-search pareto`")
     parser.add_argument("--best", action="store_true", help="the most accurate learned student on the front of the latest search "
                                                             "(of --output when given)")
     parser.add_argument("--epochs", type=int, default=defaults.FINAL_EPOCHS,
                         help=f"epochs of the final training (default {defaults.FINAL_EPOCHS}, as published CIFAR models train); "
                              "the trial's schedule is stretched to them")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
+                        help="what the final training changes in the trial's recipe: "
+                             + "; ".join(f"{name}{' (default)' if name == DEFAULT_RECIPE else ''}: {r.description}"
+                                         for name, r in RECIPES.items()))
     parser.add_argument("--on", default="train", choices=ON_CHOICES,
                         help="train (default; the validation split stays for a validation figure) or train+val (more images, "
                              "no validation figure)")
@@ -163,7 +168,7 @@ def _train(argv: list[str]) -> int:
     _configure_logging(False)
     from .train import TrainOptions, check_options, run_train
 
-    options = TrainOptions(args.run_id, best=args.best, epochs=args.epochs, on=args.on, output=args.output,
+    options = TrainOptions(args.run_id, best=args.best, epochs=args.epochs, recipe=args.recipe, on=args.on, output=args.output,
                            register=args.register, timeout=parse_duration(args.timeout) if args.timeout else None,
                            int8=not args.no_int8, calibration_images=args.calibration_images, data_dir=args.data_dir,
                            cache_dir=args.cache_dir, device=args.device, progress=not args.no_progress)
@@ -171,17 +176,17 @@ def _train(argv: list[str]) -> int:
     training = run_train(options, _tracker(args))
     name = training.student.name
     if training.already:
-        print(f"{name} was already trained for {args.epochs} epochs on {args.on}: run {training.run_id}; export it with "
-              f"rkd-search export {training.run_id}")
+        print(f"{name} was already trained for {args.epochs} epochs on {args.on} with --recipe {args.recipe}: run "
+              f"{training.run_id}; export it with rkd-search export {training.run_id}")
         return 0
     if training.result is None:
         return 0  # stopped by --timeout: said so, the checkpoint kept
     result, metrics = training.result, training.metrics
     trial = training.student.run.data
     validation = "no validation figure (trained on train+val)" if args.on == "train+val" else f"val acc {result.val_acc:.4f}"
-    print(f"trained {name} for {result.epochs_done} epochs on {args.on}: test acc {result.test_acc:.4f}, {validation}, teacher "
-          f"agreement {result.teacher_agreement:.4f} (the trial: test acc {trial.metrics.get('test_acc', float('nan')):.4f} after "
-          f"{trial.tags.get(names.EPOCHS, '?')} epochs)")
+    print(f"trained {name} for {result.epochs_done} epochs on {args.on} (--recipe {args.recipe}): test acc "
+          f"{result.test_acc:.4f}, {validation}, teacher agreement {result.teacher_agreement:.4f} (the trial: test acc "
+          f"{trial.metrics.get('test_acc', float('nan')):.4f} after {trial.tags.get(names.EPOCHS, '?')} epochs)")
     if "int8_test_acc" in metrics:
         print(f"  int8 (ONNX Runtime, static, per-channel): test acc {metrics['int8_test_acc']:.4f} (fp32 ONNX {metrics['onnx_test_acc']:.4f})")
     print(f"  MLflow run {training.run_id}; model {training.model_uri} (mlflow.pytorch.load_model)")

@@ -153,7 +153,7 @@ def finish(run: SearchRun, progress: Progress, completed: bool = True) -> list[T
         best = max(r.metrics["val_acc"] for r in front)
         write(noise_note(val_size, best) + " (val_acc_se: each row's standard error).")
         write(f"Front table: {setup.output / 'pareto.csv'}; plot: {setup.output / 'pareto.png'}.")
-        write("Next: train the student you pick to the end, with its recipe and this search's teacher: rkd-search train RUN_ID "
+        write("Next: train the student you pick to the end with this search's teacher: rkd-search train RUN_ID "
               f"(or rkd-search train --best --output {setup.output}), then export the trained run: rkd-search export RUN_ID")
     if not completed:
         done = sum(r.state.finished for r in records)

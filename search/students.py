@@ -63,8 +63,9 @@ class StoredStudent:
         """Which weights these are, in one line."""
         tags, epochs = self.run.data.tags, self.run.data.tags.get(names.EPOCHS, "?")
         if self.trained_again:
+            recipe = self.run.data.params.get("train.recipe", "trial")  # runs before --recipe trained the trial's
             return (f"weights trained by `rkd-search train` for {epochs} epochs on {tags.get(names.TRAIN_ON, 'train')} "
-                    f"from trial run {tags.get(names.TRIAL_RUN, '?')}")
+                    f"(--recipe {recipe}) from trial run {tags.get(names.TRIAL_RUN, '?')}")
         return (f"weights of the search's trial itself ({epochs} epochs); `rkd-search train {self.run_id}` trains it to "
                 "the end first")
 

@@ -1,21 +1,16 @@
 """``rkd-search train``: the student picked from a search's front, trained again to the end.
 
-    rkd-search train RUN_ID [--epochs 200] [--on train+val] [--output DIR] [--register NAME]
-    rkd-search train --best [--output SEARCH_OUTPUT]
+    rkd-search train RUN_ID|--best [--epochs 200] [--recipe kd+graph] [--on train+val] [--output DIR] [--register NAME]
 
 A search trains each candidate briefly, to rank them; the student a user ships is trained to the
-end. ``train`` takes the trial's own recipe (architecture, graph, loss weights, optimiser: the
-config in its ``spec.json``) and its search's data and teacher (the teacher run's checkpoint, its
-weights digest checked), stretches the learning-rate schedule to ``--epochs``, and trains with the
-teacher run live on every batch (a cache of its outputs for hundreds of epochs would not fit on
-disk). It is a long job and behaves like one: a checkpoint after every epoch under
-``OUTPUT/train/NAME``; Ctrl-C, SIGTERM, ``--timeout`` or kill -9, then the same command, continues
-from it and gives the weights an uninterrupted run gives; a second ``train`` of the same student
-into the same folder is refused while one runs. Its MLflow run (tag ``rkd.role = train``, linked
-to the trial and the search) gets per-epoch metrics, the test accuracy, the teacher agreement, the
-int8 (ONNX Runtime) accuracy of its export, the student's ``student/`` artifacts (so ``export``
-takes it) and an MLflow model; ``--register NAME`` adds it to the Model Registry under the alias
-``champion``.
+end. ``train`` takes the trial's architecture and recipe (its ``spec.json`` config), changes what
+``--recipe`` says (``recipes.RECIPES``), takes its search's data and teacher (weights digest
+checked), stretches the schedule to ``--epochs`` and runs the teacher live on every batch. A long
+job: a checkpoint after every epoch under ``OUTPUT/train/NAME``; Ctrl-C, SIGTERM, ``--timeout`` or
+kill -9, then the same command, continues to the weights an uninterrupted run gives; a second
+``train`` into the same folder is refused while one runs. Its MLflow run (``rkd.role = train``,
+linked to the trial and the search) gets per-epoch metrics, test accuracy, teacher agreement, the
+int8 accuracy, ``student/`` (``export`` takes it) and an MLflow model (``--register NAME``: alias ``champion``).
 """
 
 from __future__ import annotations
@@ -48,6 +43,7 @@ from rkd_search.trainer.defaults import FINAL_EPOCHS
 from . import names
 from .errors import UsageError
 from .formats.onnx import int8_accuracy
+from .recipes import DEFAULT_RECIPE, RECIPES
 from .records import TrialState
 from .report import EpochBar, Progress
 from .setup import check_output_folder
@@ -66,6 +62,7 @@ class TrainOptions:
     run_id: str | None
     best: bool = False
     epochs: int = FINAL_EPOCHS
+    recipe: str = DEFAULT_RECIPE
     on: str = "train"
     output: Path | None = None
     register: str | None = None
@@ -102,6 +99,8 @@ def check_options(o: TrainOptions) -> None:
         raise UsageError("pass a trial's RUN_ID or --best (the most accurate learned student of the latest search's front)")
     if o.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {o.epochs}")
+    if o.recipe not in RECIPES:
+        raise UsageError(f"--recipe {o.recipe!r}: choose one of {', '.join(RECIPES)}")
     if o.on not in ON_CHOICES:
         raise UsageError(f"--on {o.on!r}: choose {' or '.join(ON_CHOICES)}")
     if o.register is not None and not o.register.strip():
@@ -124,12 +123,12 @@ def run_train(o: TrainOptions, tracker: Tracker) -> Training:
     search = search_of(tracker, student.run)
     output = Path(o.output or search.data.tags.get(names.OUTPUT) or ".").resolve()
     suffix = "-trainval" if o.on == "train+val" else ""
-    folder = output / "train" / f"{student.name}-e{o.epochs}{suffix}"
+    folder = output / "train" / f"{student.name}-e{o.epochs}-{o.recipe}{suffix}"
     check_output_folder(folder, "--output")
     data = dataset_of(tracker, search, o.data_dir, o.cache_dir, "rkd-search train")
     if o.on == "train+val":
         data = with_val_in_train(data)
-    config = dataclasses.replace(student.config, epochs=o.epochs)
+    config = RECIPES[o.recipe].apply(dataclasses.replace(student.config, epochs=o.epochs))
     teacher = teacher_of(tracker, search, data, o.cache_dir)
     lock = OutputLock(folder)
     lock.acquire()  # a second train of this student into this folder is refused here
@@ -198,13 +197,14 @@ def _rebuild_foreign(params: dict, data: ImageDataset, cache_dir, why: str) -> t
 
 def _train(o: TrainOptions, tracker: Tracker, student: StoredStudent, search, data: ImageDataset, config, teacher: Teacher,
            folder: Path) -> Training:
-    key = f"{student.run_id}:{o.epochs}:{o.on}:{folder}"
+    key = f"{student.run_id}:{o.epochs}:{o.recipe}:{o.on}:{folder}"
     tags = {names.TRIAL_RUN: student.run_id, names.SEARCH_RUN: search.info.run_id, names.TRAIN_ON: o.on,
             names.TEACHER_RUN_ID: search.data.params.get("teacher.run_id", "")}
     params = {**{k: v for k, v in student.run.data.params.items() if k != "train.epochs"}, "train.epochs": o.epochs,
               "train.on": o.on, "train.images": len(data.train_labels),
-              "train.trial_epochs": student.run.data.tags.get(names.EPOCHS, "")}
-    run_id, state = tracker.train_run(key, f"train-{student.name}-e{o.epochs}{'-trainval' if o.on != 'train' else ''}",
+              "train.trial_epochs": student.run.data.tags.get(names.EPOCHS, ""), "train.recipe": o.recipe,
+              **RECIPES[o.recipe].params(student.config, config)}
+    run_id, state = tracker.train_run(key, f"train-{student.name}-e{o.epochs}-{o.recipe}{'-trainval' if o.on != 'train' else ''}",
                                       params, tags)
     training = Training(run_id, folder, student)
     if state == TrialState.COMPLETE:
@@ -212,7 +212,7 @@ def _train(o: TrainOptions, tracker: Tracker, student: StoredStudent, search, da
         return training
     resume = _resume(folder, key)
     (folder / ABOUT).write_text(json.dumps({"key": key, "run_id": run_id, "trial_run": student.run_id, "epochs": o.epochs,
-                                            "on": o.on}, indent=2))
+                                            "recipe": o.recipe, "on": o.on}, indent=2))
     tracker.set_status(run_id, "RUNNING")
     tracker.set_tags(run_id, {names.STATE: TrialState.RUNNING})
     deadline = time.monotonic() + o.timeout if o.timeout else None

@@ -112,7 +112,7 @@ def test_export_takes_the_trained_run_and_says_which_weights_it_exports(trained,
     search, _, run = trained
     result = run_here("export", run.info.run_id, "--output", str(tmp_path), "--tracking-uri", _uri(search.out), cwd=search.root)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "trained by `rkd-search train` for 2 epochs on train" in result.stdout
+    assert "trained by `rkd-search train` for 2 epochs on train (--recipe kd+graph)" in result.stdout
     trial = run_here("export", run.data.tags["rkd.trial_run"], "--output", str(tmp_path / "trial"), "--tracking-uri",
                      _uri(search.out), cwd=search.root)
     assert trial.returncode == 0 and "weights of the search's trial itself" in trial.stdout
@@ -264,7 +264,50 @@ def test_on_train_and_val_trains_on_both_splits_and_reports_no_validation_figure
     assert len(client.get_metric_history(run.info.run_id, "epoch.train_loss")) == 1
 
 
+def test_recipe_sets_what_the_final_training_changes_and_logs_what_ran(digits_search, tmp_path):
+    """``--recipe kd+graph`` (the default) keeps the trial's graph term and trains with the usual optimiser and
+    Hinton KD at weight 1 (SGD lr 0.1, Nesterov, weight decay 5e-4, cosine); ``--recipe kd`` drops the
+    relational terms; ``--recipe trial`` keeps the trial's recipe. Each run's params and its student's stored
+    config say what ran, and the trainings keep separate checkpoint folders."""
+    import json
+
+    from mlflow import MlflowClient
+
+    out = digits_search.out
+    trial = _expected_best(out)
+    client = MlflowClient(_uri(out))
+    ran = {}
+    for recipe in ("kd+graph", "kd", "trial"):
+        flags = ["--recipe", recipe] if recipe != "kd+graph" else []  # kd+graph: the default
+        result = run_here("train", trial.info.run_id, "--epochs", "1", *flags, "--no-int8", "--output", str(tmp_path),
+                          "--tracking-uri", _uri(out), "--no-progress", cwd=digits_search.root)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"--recipe {recipe})" in result.stdout
+        run = next(r for r in _train_runs(out) if r.data.params.get("train.recipe") == recipe
+                   and r.data.tags["rkd.train_key"].startswith(trial.info.run_id) and r.data.params["train.epochs"] == "1")
+        card = json.loads(Path(client.download_artifacts(run.info.run_id, "student/spec.json", str(tmp_path / recipe))).read_text())
+        ran[recipe] = (run.data.params, card["config"])
+    searched = trial.data.params
+    graph = float(searched["loss.graph_weight"])
+    assert graph > 0  # the digits search's best trial distils the graph: the recipes differ
+    for recipe in ("kd+graph", "kd"):
+        params, config = ran[recipe]
+        assert (config["lr"], config["momentum"], config["nesterov"], config["weight_decay"], config["schedule"]) == \
+            (0.1, 0.9, True, 5e-4, "cosine")
+        assert (config["loss"]["kd_weight"], config["loss"]["temperature"]) == (1.0, 4.0)
+        assert float(params["optim.weight_decay"]) == 5e-4 and params["optim.nesterov"] == "True" and float(params["loss.kd_weight"]) == 1
+        assert config["loss"]["graph_weight"] == (graph if recipe == "kd+graph" else 0)
+        assert float(params["loss.graph_weight"]) == (graph if recipe == "kd+graph" else 0)
+    params, as_trial = ran["trial"]
+    assert as_trial["weight_decay"] == float(searched["optim.weight_decay"]) and as_trial["nesterov"] is False
+    assert as_trial["lr"] == float(searched["optim.lr"]) and as_trial["loss"]["graph_weight"] == graph
+    assert {k: params[k] for k in ("optim.weight_decay", "optim.lr", "loss.graph_weight", "loss.kd_weight")} == \
+        {k: searched[k] for k in ("optim.weight_decay", "optim.lr", "loss.graph_weight", "loss.kd_weight")}
+    assert sorted(p.name.split("-e1-", 1)[-1] for p in (tmp_path / "train").iterdir()) == ["kd", "kd+graph", "trial"]
+
+
 @pytest.mark.parametrize("flags, said", [(["--best", "--epochs", "0"], "--epochs must be at least 1"),
+                                         (["--best", "--recipe", "long"], "--recipe"),
                                          ([], "pass a trial's RUN_ID or --best"),
                                          (["abc", "--best"], "pass a trial's RUN_ID or --best"),
                                          (["--best", "--register", " "], "--register needs a model name")])
