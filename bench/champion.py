@@ -51,7 +51,7 @@ from rkd_search.search.cli import main as cli
 from rkd_search.search.driver import run_search
 from rkd_search.search.options import SearchOptions
 from rkd_search.search.tracking import Tracker, TrackingSettings
-from rkd_search.search.recipes import DEFAULT_RECIPE, RECIPES
+from rkd_search.search.recipes import DEFAULT_RECIPE, RECIPES, USUAL_OPTIM
 from rkd_search.spaces import TrialContext, load_space
 from rkd_search.spaces._space import Architecture
 from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig, count_spec_ops, defaults, fit, load_dataset, save_checkpoint, train_teacher
@@ -59,7 +59,7 @@ from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig, count_spec_op
 RESULTS = Path("bench/results/champion.json")
 SEARCHES = {"default": {"sampler": "tpe"}, "random": {"sampler": "random", "enqueue": False}}
 MLPERF_RESNET8 = "resnet8_1"
-USUAL = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine", batch_size=128, precision="fp32")
+USUAL = dict(**USUAL_OPTIM, batch_size=128, precision="fp32")
 """The recipe a user trains a known small model with (pytorch-cifar-models), at the champion's batch size."""
 
 

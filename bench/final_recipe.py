@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import platform
 import statistics
 import sys
@@ -44,7 +43,7 @@ from _common import add_common_flags
 from _docs import write_section
 from rkd_search.search.recipes import RECIPES
 from rkd_search.trainer import LossConfig, ModelSpec, TrainConfig, defaults, fit, load_dataset, train_teacher
-from search_out_of_sample import make_split
+from search_out_of_sample import add_split_flags, make_split
 
 RESULTS = Path("bench/results/final_recipe.json")
 TRIAL = {"loss": LossConfig(ce_weight=1.0, kd_weight=0.5, temperature=4.0, graph_weight=25.0, similarity="cosine", k=None,
@@ -113,10 +112,7 @@ def report(args, stored: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path(os.environ.get("RKD_FULL_DATA", "../shared/data/cifar10")),
-                        help="an ImageFolder tree whose train/ the split is built from (the full CIFAR-10)")
-    parser.add_argument("--offset", type=int, default=1000, help="first image of each class used (default 1000: after cifar10-small's)")
-    parser.add_argument("--per-class", type=int, default=500)
+    add_split_flags(parser)
     parser.add_argument("--student", default="mbv2-2-3-3_0.75_e6k3", help="the architecture (default: the seed-0 champion's)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])

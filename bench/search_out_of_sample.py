@@ -85,6 +85,14 @@ def make_split(source: Path, target: Path, offset: int, per_class: int) -> Path:
     return target
 
 
+def add_split_flags(parser: argparse.ArgumentParser) -> None:
+    """--source, --offset and --per-class: the split ``make_split`` builds."""
+    parser.add_argument("--source", type=Path, default=Path(os.environ.get("RKD_FULL_DATA", "../shared/data/cifar10")),
+                        help="an ImageFolder tree whose train/ the split is built from (the full CIFAR-10)")
+    parser.add_argument("--offset", type=int, default=1000, help="first image of each class used (default 1000: after cifar10-small's)")
+    parser.add_argument("--per-class", type=int, default=500)
+
+
 def log_hypervolume(points: list[tuple[float, float]], budget: float, chance: float) -> float:
     """The area dominated in (validation accuracy, log-MAC position) from (chance, the budget), the MAC
     axis running over ``DECADES`` decades below the budget (a student 100x cheaper counts fully)."""
@@ -167,10 +175,7 @@ def paired(a: list[float], b: list[float]) -> tuple[list[float], float, float, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path(os.environ.get("RKD_FULL_DATA", "../shared/data/cifar10")),
-                        help="an ImageFolder tree whose train/ the split is built from (the full CIFAR-10)")
-    parser.add_argument("--offset", type=int, default=1000, help="first image of each class used (default 1000: after cifar10-small's)")
-    parser.add_argument("--per-class", type=int, default=500)
+    add_split_flags(parser)
     parser.add_argument("--budget", default="10MFLOPs")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--compute", type=int, default=32, help="student-epochs per search (default 32: 8 full trials)")
